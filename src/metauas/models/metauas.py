@@ -1,0 +1,181 @@
+"""The MetaUAS change-segmentation network: encoder -> alignment/fusion -> UNet -> mask head."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, fuse, fused_channels
+from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
+from metauas.models.encoders import ENCODERS, build_encoder
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "efficientnet-lite0"
+    alignment: str = "sa"  # sa (soft, paper) | ha (hard) | na (none)
+    fusion: str = "cat"  # cat (paper) | add | absdiff
+    num_aligned: int = 3  # deepest encoder levels that are aligned (f5, f4, f3 for 3)
+    decoder_channels: tuple[int, ...] = field(default=DEFAULT_DECODER_CHANNELS)
+    image_size: int = 256  # size the model was trained for (metadata, used by Segmenter)
+    encoder_head: bool | None = None  # keep the unused classifier-head conv (official layout)
+
+    def validate(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; available: {sorted(ENCODERS)}")
+        if self.alignment not in ALIGNMENT_TYPES:
+            raise ValueError(f"unknown alignment {self.alignment!r}; choose from {ALIGNMENT_TYPES}")
+        if self.fusion not in FUSION_TYPES:
+            raise ValueError(f"unknown fusion {self.fusion!r}; choose from {FUSION_TYPES}")
+        if not 0 <= self.num_aligned <= 5:
+            raise ValueError("num_aligned must be between 0 and 5")
+        if self.image_size % 32:
+            raise ValueError("image_size must be a multiple of 32")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "decoder_channels" in known:
+            known["decoder_channels"] = tuple(known["decoder_channels"])
+        return cls(**known)
+
+
+OFFICIAL_CONFIG = ModelConfig(encoder="efficientnet-b4", alignment="sa", fusion="cat", num_aligned=3,
+                              image_size=256, encoder_head=True)
+
+
+@dataclass
+class PromptFeatures:
+    """Encoded prompt(s), reusable for any number of queries.
+
+    `features[l]` is (B,C,h,w) or (B,K,C,h,w) for K prompts; `keys[l]` holds the alignment
+    reduction of the prompt for aligned levels (None elsewhere).
+    """
+
+    features: list[torch.Tensor]
+    keys: list[torch.Tensor | None]
+
+    def expand_to(self, batch: int) -> "PromptFeatures":
+        def grow(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or t.shape[0] == batch:
+                return t
+            if t.shape[0] != 1:
+                raise ValueError(f"prompt batch {t.shape[0]} does not match query batch {batch}")
+            return t.expand(batch, *t.shape[1:])
+
+        return PromptFeatures([grow(f) for f in self.features], [grow(k) for k in self.keys])
+
+
+class MetaUAS(nn.Module):
+    """Segments the changes of a query image with respect to one or more normal prompt images.
+
+    `model(query=q, prompt=p)`: q (B,3,H,W) in [0,1]; p (B,3,H,W) or (B,K,3,H,W) (k-shot) in
+    [0,1]; returns anomaly probabilities (B,1,H,W). H, W must be multiples of 32.
+    The encoder is frozen and always stays in eval mode (its BatchNorm statistics never move).
+    """
+
+    def __init__(self, config: ModelConfig | None = None, pretrained_encoder: bool = False) -> None:
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        config.validate()
+        self.encoder = build_encoder(config.encoder, pretrained=pretrained_encoder,
+                                     include_head=config.encoder_head)
+        channels = self.encoder.stage_channels  # f0..f5
+        self.aligned_levels = [5 - i for i in range(config.num_aligned)]  # alignment.i -> level 5-i
+        decoder_in = [fused_channels(c, config.fusion) if level in self.aligned_levels else c
+                      for level, c in enumerate(channels)][1:]
+        self.decoder = UnetDecoder(decoder_in, config.decoder_channels)
+        self.alignment = nn.ModuleList(Alignment(channels[level], config.alignment)
+                                       for level in self.aligned_levels)
+        self.mask_head = nn.Conv2d(self.decoder.out_channels, 1, kernel_size=1)
+        self.freeze_encoder()
+
+    # ------------------------------------------------------------------ encoder
+    def freeze_encoder(self) -> None:
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "MetaUAS":
+        super().train(mode)
+        self.encoder.eval()  # frozen backbone: BatchNorm keeps its ImageNet statistics
+        return self
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features f0..f5 of images in [0,1]; accepts (B,3,H,W) or (B,K,3,H,W)."""
+        if images.dim() == 5:
+            b, k = images.shape[:2]
+            feats = self.encode(images.flatten(0, 1))
+            return [f.unflatten(0, (b, k)) for f in feats]
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B,3,H,W), got {tuple(images.shape)}")
+        if images.shape[-1] % 32 or images.shape[-2] % 32:
+            raise ValueError(f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}")
+        with torch.no_grad():
+            return self.encoder(images)
+
+    def prepare_prompt(self, prompt: torch.Tensor) -> PromptFeatures:
+        """Encode prompt(s) once; the result is reused by `forward_features` for many queries."""
+        features = self.encode(prompt)
+        keys: list[torch.Tensor | None] = [None] * len(features)
+        for align, level in zip(self.alignment, self.aligned_levels):
+            if align.kind != "na":
+                f = features[level]
+                keys[level] = align.reduce(f.flatten(0, 1)).unflatten(0, f.shape[:2]) if f.dim() == 5 \
+                    else align.reduce(f)
+        return PromptFeatures(features, keys)
+
+    # ------------------------------------------------------------------ forward
+    def fuse_features(self, query_features: Sequence[torch.Tensor],
+                      prompt: PromptFeatures) -> list[torch.Tensor]:
+        fused = list(query_features)
+        for align, level in zip(self.alignment, self.aligned_levels):
+            aligned = align(query_features[level], prompt.features[level], prompt.keys[level])
+            fused[level] = fuse(query_features[level], aligned, self.config.fusion)
+        return fused
+
+    def forward_features(self, query_features: Sequence[torch.Tensor], prompt: PromptFeatures) -> torch.Tensor:
+        """Logits (B,1,H,W) from encoded query features and a prepared prompt."""
+        prompt = prompt.expand_to(query_features[0].shape[0])
+        fused = self.fuse_features(query_features, prompt)
+        return self.mask_head(self.decoder(fused[1:]))
+
+    def logits(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(self.encode(query), self.prepare_prompt(prompt))
+
+    def forward(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(query, prompt))
+
+    # ------------------------------------------------------------------ info
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "MetaUAS":
+        from metauas.models.hub import load_model
+
+        return load_model(name_or_path)
+
+
+def official_metauas() -> MetaUAS:
+    """The released MetaUAS configuration (B4, 3 soft alignments, cat, UNet) in eval mode.
+
+    Its state dict has exactly the 820 entries of the official checkpoints.
+    """
+    return MetaUAS(ModelConfig(**asdict(OFFICIAL_CONFIG))).eval()
+
+
+def build_model(encoder: str = "efficientnet-lite0", alignment: str = "sa", fusion: str = "cat",
+                num_aligned: int = 3, pretrained: bool = True, image_size: int = 256) -> MetaUAS:
+    """A MetaUAS model with an ImageNet-pretrained encoder (when it ships weights) and fresh decoder."""
+    config = ModelConfig(encoder=encoder, alignment=alignment, fusion=fusion,
+                         num_aligned=num_aligned, image_size=image_size)
+    has_weights = ENCODERS[encoder].weights_package is not None if encoder in ENCODERS else False
+    return MetaUAS(config, pretrained_encoder=pretrained and has_weights)
