@@ -58,8 +58,9 @@ class DecoderBlock(nn.Module):
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
         super().__init__()
         self.has_skip = skip_ch > 0
-        self.attention1 = Attention(in_ch + skip_ch) if self.has_skip else nn.Identity()
+        # registration order = checkpoint order: conv1, attention1, conv2, attention2
         self.conv1 = conv_bn_relu(in_ch + skip_ch, out_ch)
+        self.attention1 = Attention(in_ch + skip_ch) if self.has_skip else nn.Identity()
         self.conv2 = conv_bn_relu(out_ch, out_ch)
         self.attention2 = Attention(out_ch) if self.has_skip else nn.Identity()
 

@@ -1,0 +1,45 @@
+"""Shared test fixtures: small CPU budgets and the official reference files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL_DIR = Path(os.environ.get("METAUAS_OFFICIAL_DIR", REPO.parent / "shared" / "official"))
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    if not (OFFICIAL_DIR / "fill.py").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"official reference files missing in CI: {OFFICIAL_DIR}")
+        pytest.skip(f"official reference files not found at {OFFICIAL_DIR}")
+    return OFFICIAL_DIR
+
+
+@pytest.fixture(scope="session")
+def official_state_dict(official_dir: Path) -> dict:
+    sys.path.insert(0, str(official_dir))
+    try:
+        from fill import digest, make_state_dict  # type: ignore
+    finally:
+        sys.path.pop(0)
+    state = make_state_dict(str(official_dir / "keys.json"))
+    assert digest(state) == "55cacd11f77e064a9ec49c2cc43dfc8a1c5c0a14bd5557e57e1948ecda08ceb9"
+    return state
+
+
+@pytest.fixture(scope="session")
+def official_model(official_state_dict):
+    from metauas.models import official_metauas
+
+    model = official_metauas()
+    model.load_state_dict(official_state_dict, strict=True)
+    return model
