@@ -1,0 +1,139 @@
+"""Turning whatever a user hands us into an RGB uint8 array, with clear errors.
+
+Accepts paths, PIL images, numpy arrays (H,W), (H,W,1|3|4) of uint8/uint16/float in [0,1],
+and torch tensors (3,H,W) / (H,W,3). Handles 16-bit, grey, palette, RGBA, CMYK and EXIF
+rotation; guards against decompression bombs and truncated files.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from metauas.errors import InputError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_PIXELS = 100_000_000  # about 10k x 10k; larger files are refused (decompression bombs)
+MIN_SIDE = 8
+
+
+def _to_uint8(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255):
+        top = 65535.0 if array.max(initial=0) > 255 or array.dtype == np.uint16 else 255.0
+        return np.clip(np.round(array.astype(np.float64) / top * 255.0), 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        return np.clip(array, 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise InputError(f"{what}: image contains NaN or infinite values")
+        if array.min(initial=0) < -1e-6 or array.max(initial=0) > 1 + 1e-6:
+            raise InputError(f"{what}: float images must have values in [0, 1]")
+        return np.round(np.clip(array, 0, 1) * 255.0).astype(np.uint8)
+    raise InputError(f"{what}: unsupported pixel type {array.dtype}")
+
+
+def _array_to_rgb(array: np.ndarray, what: str) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"{what}: expected an image of shape (H,W), (H,W,1), (H,W,3) or (H,W,4), "
+                         f"got {array.shape}")
+    array = _to_uint8(array, what)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array)
+
+
+def _pil_to_rgb(image: Image.Image, what: str) -> np.ndarray:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _array_to_rgb(np.asarray(image), what)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # transparent pixels become white, as most viewers show them
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB")).copy()
+
+
+def _open_path(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"image not found: {path}")
+    if path.is_dir():
+        raise InputError(f"expected an image file, got a directory: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"image file is empty: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise InputError(f"{path}: image too large ({image.width}x{image.height} pixels; "
+                                     f"limit {MAX_PIXELS:,})")
+                image.load()
+                return _pil_to_rgb(image, str(path))
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path}: image too large (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def load_image(source: ImageLike, name: str | None = None) -> np.ndarray:
+    """Any supported image -> (H, W, 3) uint8 RGB array."""
+    what = name or (str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__)
+    if isinstance(source, (str, os.PathLike)):
+        rgb = _open_path(Path(source).expanduser())
+    elif isinstance(source, Image.Image):
+        rgb = _pil_to_rgb(source, what)
+    elif isinstance(source, torch.Tensor):
+        t = source.detach().cpu()
+        if t.dim() == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        rgb = _array_to_rgb(t.numpy(), what)
+    elif isinstance(source, np.ndarray):
+        rgb = _array_to_rgb(source, what)
+    else:
+        raise InputError(f"unsupported image type {type(source).__name__} (use a path, PIL image, "
+                         "numpy array or torch tensor)")
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise InputError(f"{what}: image too small ({rgb.shape[1]}x{rgb.shape[0]}); "
+                         f"at least {MIN_SIDE} pixels per side")
+    return rgb
+
+
+def to_model_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """(H,W,3) uint8 -> (1,3,size,size) float in [0,1], bilinear with antialiasing."""
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0)
+    if tensor.shape[-2:] != (size, size):
+        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        tensor = tensor.clamp_(0.0, 1.0)
+    return tensor
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"not a directory: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
