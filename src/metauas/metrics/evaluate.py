@@ -1,0 +1,281 @@
+"""Image- and pixel-level anomaly metrics for one category: the seven numbers of the paper.
+
+``evaluate(gt_masks, pred_maps)`` returns I-AUROC, I-AP, I-F1max, P-AUROC, P-AP, P-F1max and
+P-AUPRO.  Two protocols:
+
+* ``"exact"`` (default): threshold-free, exact values.  AUROC/AP equal scikit-learn's,
+  F1max is the maximum over every threshold, AUPRO is Bergmann et al.'s exact PRO integral
+  (8-connected ground-truth regions, FPR over all normal pixels, cut at FPR 0.3 with linear
+  interpolation, divided by 0.3).  No downsampling, no binning.
+* ``"metauas"``: the choices of the official MetaUAS evaluation, for comparing with numbers
+  published with it: maps min-max normalised over the whole category, AUROC replaced by
+  1 - AUROC when below 0.5, PRO sampled at 200 equally spaced thresholds between the
+  category's min and max score, points with FPR < 0.3 kept, their FPRs rescaled to [0, 1]
+  by min-max and integrated with the trapezoidal rule.
+
+The image score is the maximum of the anomaly map.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from metauas.errors import InputError
+from metauas.metrics.ranking import (
+    auroc_from,
+    aupro_exact_from,
+    average_precision_from,
+    binary_metrics,
+    f1_max_from,
+    prepare,
+)
+
+__all__ = [
+    "METRIC_NAMES",
+    "IMAGE_METRICS",
+    "PIXEL_METRICS",
+    "PROTOCOLS",
+    "evaluate",
+    "evaluate_pairs",
+    "region_weights",
+    "aupro",
+    "aupro_steps",
+]
+
+IMAGE_METRICS = ("I-AUROC", "I-AP", "I-F1max")
+PIXEL_METRICS = ("P-AUROC", "P-AP", "P-F1max", "P-AUPRO")
+METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
+PROTOCOLS = ("exact", "metauas")
+
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity, as Bergmann et al.
+
+
+def region_weights(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components of one mask: (component sizes, label per positive pixel 0..k-1).
+
+    Labels are listed in the raveled order of ``mask[mask]``.
+    """
+    labelled, k = ndimage.label(mask, structure=_EIGHT)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    lab = labelled[mask].astype(np.int64) - 1
+    sizes = np.bincount(lab, minlength=k)
+    return sizes, lab
+
+
+def _as_map(x, i: int) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise InputError(f"prediction {i} must be a 2-D map, got shape {a.shape}")
+    if a.dtype.kind not in "fiub":
+        raise InputError(f"prediction {i} has non-numeric dtype {a.dtype}")
+    return a
+
+
+def _as_mask(x, i: int) -> np.ndarray | None:
+    if x is None:
+        return None
+    a = np.asarray(x)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 3 and a.shape[-1] in (3, 4):  # an RGB(A) mask image: any channel set
+        a = a[..., :3].max(axis=-1)
+    if a.ndim != 2:
+        raise InputError(f"ground-truth mask {i} must be 2-D, got shape {a.shape}")
+    return a > (0.5 if a.dtype.kind == "f" else 0)
+
+
+class _Category:
+    """Flattened pixels of one category, split into normal and anomalous pixels."""
+
+    def __init__(self, masks: list[np.ndarray | None], maps: list[np.ndarray]):
+        # float32 maps are ranked as float32 (fast SIMD sort); anything else as float64, so
+        # that distinct float64 scores are never merged into ties.
+        small = all(m.dtype in (np.float16, np.float32) for m in maps)
+        self.dtype = np.dtype(np.float32) if small else np.dtype(np.float64)
+        neg_parts, pos_parts, weight_parts = [], [], []
+        n_regions = 0
+        sizes_per_image: list[tuple[np.ndarray, np.ndarray]] = []
+        for i, (mask, amap) in enumerate(zip(masks, maps)):
+            if mask is None:
+                continue
+            if mask.shape != amap.shape:
+                raise InputError(
+                    f"image {i}: ground-truth mask {mask.shape} and anomaly map {amap.shape} differ in size"
+                )
+            if mask.any():
+                neg_parts.append(amap[~mask])
+                pos_parts.append(amap[mask])
+                sizes, lab = region_weights(mask)
+                sizes_per_image.append((sizes, lab))
+                n_regions += sizes.size
+            else:
+                neg_parts.append(amap.ravel())
+        self.n_regions = n_regions
+        self.neg = (
+            np.concatenate([p.astype(self.dtype, copy=False).ravel() for p in neg_parts])
+            if neg_parts else np.zeros(0, self.dtype)
+        )
+        self.pos = (
+            np.concatenate([p.astype(self.dtype, copy=False).ravel() for p in pos_parts])
+            if pos_parts else np.zeros(0, self.dtype)
+        )
+        for sizes, lab in sizes_per_image:
+            weight_parts.append(1.0 / (sizes[lab].astype(np.float64) * max(n_regions, 1)))
+        self.weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0)
+        if self.neg.size and not np.isfinite(self.neg).all() or self.pos.size and not np.isfinite(self.pos).all():
+            # inf would still rank, but NaN would not; reject both with a clear message.
+            raise InputError("anomaly maps contain NaN or infinite values")
+
+
+def _pixel_exact(cat: _Category, fpr_limit: float = 0.3) -> dict[str, float]:
+    r = prepare(cat.neg, cat.pos, cat.weights)  # sorts cat.neg in place (it is ours)
+    return {
+        "P-AUROC": auroc_from(r),
+        "P-AP": average_precision_from(r),
+        "P-F1max": f1_max_from(r),
+        "P-AUPRO": aupro_exact_from(r, fpr_limit),
+    }
+
+
+def _pro_steps(cat: _Category, lo: float, hi: float, steps: int, fpr_limit: float) -> float:
+    """MetaUAS-protocol PRO: ``steps`` thresholds lo + k*(hi-lo)/steps, binarise ``score > t``."""
+    if cat.n_regions == 0 or cat.neg.size == 0 or not hi > lo:
+        return float("nan")
+    delta = (hi - lo) / steps
+    th = lo + delta * np.arange(steps, dtype=np.float64)
+    # pixel counts as positive at threshold k iff score > th[k]  <=>  k < #(th < score)
+    neg_sorted = np.sort(cat.neg)
+    fp = neg_sorted.size - np.searchsorted(neg_sorted, th.astype(cat.dtype), side="right")
+    fpr = fp / neg_sorted.size
+    b = np.searchsorted(th.astype(cat.dtype), cat.pos, side="left")  # number of th < score
+    w_at = np.bincount(b, weights=cat.weights, minlength=steps + 1)
+    pro = np.cumsum(w_at[::-1])[::-1][1:]  # pro[k] = sum of weights with b > k
+    keep = fpr < fpr_limit
+    if keep.sum() < 2:
+        return float("nan")
+    x, y = fpr[keep], pro[keep]
+    span = x.max() - x.min()
+    if span <= 0:
+        return float("nan")
+    x = (x - x.min()) / span
+    # Integrate in threshold order (x non-increasing), as sklearn.metrics.auc does for the
+    # official evaluator; re-sorting x would reorder points tied in FPR and change the area.
+    return float(-np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+def aupro(gt_masks: Sequence, pred_maps: Sequence, fpr_limit: float = 0.3) -> float:
+    """Exact normalised AUPRO up to ``fpr_limit`` (see module docstring)."""
+    masks = [_as_mask(m, i) for i, m in enumerate(gt_masks)]
+    maps = [_as_map(p, i) for i, p in enumerate(pred_maps)]
+    cat = _Category(masks, maps)
+    r = prepare(cat.neg, cat.pos, cat.weights)
+    return aupro_exact_from(r, fpr_limit)
+
+
+def aupro_steps(gt_masks: Sequence, pred_maps: Sequence, steps: int = 200, fpr_limit: float = 0.3) -> float:
+    """PRO sampled at ``steps`` thresholds (official MetaUAS evaluator's approximation)."""
+    masks = [_as_mask(m, i) for i, m in enumerate(gt_masks)]
+    maps = [_as_map(p, i) for i, p in enumerate(pred_maps)]
+    cat = _Category(masks, maps)
+    lo = min(float(cat.neg.min()) if cat.neg.size else np.inf, float(cat.pos.min()) if cat.pos.size else np.inf)
+    hi = max(float(cat.neg.max()) if cat.neg.size else -np.inf, float(cat.pos.max()) if cat.pos.size else -np.inf)
+    return _pro_steps(cat, lo, hi, steps, fpr_limit)
+
+
+def evaluate(
+    gt_masks: Sequence,
+    pred_maps: Sequence,
+    labels: Sequence[int] | np.ndarray | None = None,
+    *,
+    protocol: str = "exact",
+    pixel: bool = True,
+    fpr_limit: float = 0.3,
+) -> dict[str, float]:
+    """Seven anomaly metrics of one category.
+
+    Args:
+        gt_masks: per image a 2-D mask (nonzero = anomalous pixel) or None (no pixel ground
+            truth: the image counts for image metrics only).
+        pred_maps: per image a 2-D anomaly map of the same size as its mask (any float dtype;
+            float32 is fastest).  A stacked (N, H, W) array also works.
+        labels: image labels (1 = anomalous); default: whether the mask has any anomalous pixel.
+        protocol: "exact" (default) or "metauas" (see module docstring).
+        pixel: set False to skip the pixel metrics (they are then NaN).
+        fpr_limit: FPR integration limit of AUPRO.
+
+    Returns:
+        dict metric name -> float in [0, 1], NaN where undefined (e.g. a single class).
+    """
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    maps = [_as_map(p, i) for i, p in enumerate(pred_maps)]
+    masks = [_as_mask(m, i) for i, m in enumerate(gt_masks)]
+    if len(maps) != len(masks):
+        raise InputError(f"{len(masks)} ground-truth masks but {len(maps)} anomaly maps")
+    if labels is None:
+        if any(m is None for m in masks):
+            raise InputError("labels are required when some images have no ground-truth mask")
+        lab = np.array([bool(m.any()) for m in masks])
+    else:
+        lab = np.asarray(labels).astype(int).ravel() > 0
+        if lab.size != len(maps):
+            raise InputError(f"{lab.size} labels but {len(maps)} anomaly maps")
+    if not maps:
+        return {k: float("nan") for k in METRIC_NAMES}
+
+    if protocol == "metauas":
+        lo = min(float(np.min(m)) for m in maps)
+        hi = max(float(np.max(m)) for m in maps)
+        scale = (hi - lo) if hi > lo else 1.0
+        maps = [((m - np.asarray(lo, m.dtype)) / np.asarray(scale, m.dtype)) if m.dtype.kind == "f"
+                else (m.astype(np.float64) - lo) / scale for m in maps]
+
+    img_scores = np.array([float(np.max(m)) for m in maps])
+    if not np.isfinite(img_scores).all() or any(np.isnan(np.min(m)) for m in maps):
+        raise InputError("anomaly maps contain NaN or infinite values")
+    im = binary_metrics(lab, img_scores)
+    out = {"I-AUROC": im["AUROC"], "I-AP": im["AP"], "I-F1max": im["F1max"]}
+    if pixel:
+        cat = _Category(masks, maps)
+        if protocol == "exact":
+            out.update(_pixel_exact(cat, fpr_limit))
+        else:
+            out.update(_pixel_exact(cat, fpr_limit))
+            out["P-AUPRO"] = _pro_steps(cat, 0.0, 1.0, 200, fpr_limit)
+    else:
+        out.update({k: float("nan") for k in PIXEL_METRICS})
+    if protocol == "metauas":
+        for k in ("I-AUROC", "P-AUROC"):
+            if out[k] == out[k] and out[k] < 0.5:
+                out[k] = 1.0 - out[k]
+    return {k: float(out[k]) for k in METRIC_NAMES}
+
+
+def evaluate_pairs(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    protocol: str = "exact",
+    fpr_limit: float = 0.3,
+) -> dict[str, float]:
+    """Pixel metrics (P-AUROC, P-AP, P-F1max, P-AUPRO) of (gt_mask, pred_map) pairs.
+
+    Meant for validation loops (e.g. training on synthetic change pairs): masks may be bool,
+    0/1, 0/255 or float in [0, 1]; maps any float array of the same size (torch tensors are
+    accepted through ``np.asarray``; move them to CPU first).
+    """
+    masks, maps = [], []
+    for i, (g, p) in enumerate(pairs):
+        if hasattr(g, "detach"):
+            g = g.detach().cpu().numpy()
+        if hasattr(p, "detach"):
+            p = p.detach().cpu().numpy()
+        masks.append(_as_mask(np.squeeze(np.asarray(g)), i))
+        maps.append(_as_map(np.squeeze(np.asarray(p)), i))
+    res = evaluate(masks, maps, labels=[int(m.any()) for m in masks], protocol=protocol, fpr_limit=fpr_limit)
+    return {k: res[k] for k in PIXEL_METRICS}
