@@ -123,7 +123,10 @@ class MetaUAS(nn.Module):
 
     def prepare_prompt(self, prompt: torch.Tensor) -> PromptFeatures:
         """Encode prompt(s) once; the result is reused by `forward_features` for many queries."""
-        features = self.encode(prompt)
+        return self.prompt_from_features(self.encode(prompt))
+
+    def prompt_from_features(self, features: list[torch.Tensor]) -> PromptFeatures:
+        """Wrap encoder features of prompt(s) and compute their alignment keys (with grad)."""
         keys: list[torch.Tensor | None] = [None] * len(features)
         for align, level in zip(self.alignment, self.aligned_levels):
             if align.kind != "na":

@@ -1,0 +1,125 @@
+"""Training configuration: one dataclass, loaded from YAML, every field overridable on the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metauas.errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    # run
+    run_dir: str = "runs/metauas-lite0-256"
+    seed: int = 0
+    steps: int = 2000
+    max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
+    # model
+    encoder: str = "efficientnet-lite0"
+    alignment: str = "sa"
+    fusion: str = "cat"
+    num_aligned: int = 3
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 64, 48])
+    image_size: int = 256
+    init_from: str = ""  # safetensors/ckpt to start from (e.g. a lower-resolution stage)
+    # optimisation
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.02  # cosine decay to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    loss: str = "bce_dice"  # bce_dice | focal_dice | bce
+    dice_weight: float = 1.0
+    focal_gamma: float = 2.0
+    amp: str = "auto"  # auto (bf16/fp16 autocast on GPU only) | off
+    # data
+    data: str = "synthetic"  # synthetic | toy (generated shapes, for tests and smoke runs)
+    photos: str = "data/train_images/photos"
+    objects: str = ""
+    textures: str = ""
+    val_photos: str = ""  # held-out images (other sources); empty = split by source automatically
+    synthesis: dict[str, Any] = field(default_factory=dict)  # SynthesisConfig overrides
+    num_workers: int = 0
+    cache_features: bool = False  # precompute frozen-encoder features for a fixed pool of pairs
+    cache_pool: int = 512
+    # evaluation and checkpoints
+    val_pairs: int = 64
+    val_seed: int = 12345
+    val_every: int = 200
+    ckpt_every: int = 50
+    log_every: int = 10
+    model_name: str = "metauas-lite0-256"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a mapping of config fields")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"{source}: unknown config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {text}")
+    if isinstance(current, (list, dict)):
+        return json.loads(text) if text.strip()[:1] in "[{" else [int(x) for x in text.split(",")]
+    return type(current)(text)
+
+
+def add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--field value` option per TrainConfig field (names with dashes)."""
+    defaults = TrainConfig()
+    group = parser.add_argument_group("config overrides (take precedence over --config)")
+    for f in dataclasses.fields(TrainConfig):
+        current = getattr(defaults, f.name)
+        kind = type(current).__name__
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"override_{f.name}", default=None,
+                           metavar=kind.upper(), help=f"(default {current!r})")
+
+
+def apply_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    changes = {}
+    for f in dataclasses.fields(TrainConfig):
+        raw = getattr(args, f"override_{f.name}", None)
+        if raw is None:
+            continue
+        try:
+            changes[f.name] = _parse_value(raw, getattr(config, f.name))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise InputError(f"--{f.name.replace('_', '-')}: {exc}") from None
+    return dataclasses.replace(config, **changes)

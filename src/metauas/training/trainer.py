@@ -1,0 +1,332 @@
+"""Meta-training of MetaUAS on synthetic change pairs.
+
+Only alignment, decoder and mask head learn; the ImageNet encoder is frozen and stays in eval
+mode. AdamW with linear warm-up and cosine decay, gradient clipping, BCE+Dice loss.
+Checkpoints are atomic and hold everything needed to continue exactly (model, optimiser,
+scheduler, step, RNG); the data order is a pure function of the step (StepSampler), so a
+run killed at any moment and resumed produces the same weights as an uninterrupted run.
+Multi-process training uses torch.distributed (torchrun; gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from metauas.models.checkpoint import load_checkpoint, save_safetensors
+from metauas.models.metauas import MetaUAS, ModelConfig
+from metauas.training.config import TrainConfig
+from metauas.training.losses import change_loss
+from metauas.training.state import CsvLog, StepSampler, load_training_state, save_training_state
+
+TRAIN_FIELDS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s"]
+VAL_FIELDS = ["step", "val_loss", "p_auroc", "p_ap", "p_aupro", "elapsed_s"]
+
+
+# ---------------------------------------------------------------------------- data
+def build_datasets(cfg: TrainConfig, length: int) -> tuple[Dataset, Dataset, dict]:
+    """(train, validation, description of the data sources)."""
+    if cfg.data == "toy":
+        from metauas.training.toy import ToyChangeDataset
+
+        return (ToyChangeDataset(cfg.image_size, length, cfg.seed),
+                ToyChangeDataset(cfg.image_size, cfg.val_pairs, cfg.val_seed), {"kind": "toy"})
+    if cfg.data != "synthetic":
+        raise ValueError(f"unknown data kind {cfg.data!r} (synthetic | toy)")
+    from metauas.synthesis import ImageSources, SynthesisConfig, SyntheticPairDataset
+
+    synth = SynthesisConfig(size=cfg.image_size, **cfg.synthesis)
+    sources = ImageSources.from_dirs(photos=cfg.photos, objects=cfg.objects or None,
+                                     textures=cfg.textures or None)
+    if cfg.val_photos:
+        train_sources = sources
+        val_sources = ImageSources.from_dirs(photos=cfg.val_photos, objects=cfg.objects or None,
+                                             textures=cfg.textures or None)
+    else:
+        train_sources, val_sources = sources.split_by_source(seed=cfg.seed)
+    train = SyntheticPairDataset(train_sources, synth, length=length, seed=cfg.seed)
+    val = SyntheticPairDataset(val_sources, synth, length=cfg.val_pairs, seed=cfg.val_seed)
+    info = {"kind": "synthetic", "train": train_sources.describe(), "validation": val_sources.describe()}
+    return train, val, info
+
+
+class CachedPairs(Dataset):
+    """Frozen-encoder features of a fixed pool of pairs, computed once (fp16 in RAM).
+
+    Index i maps to pool item perm_e[i mod P] with a fresh permutation per epoch e, so the
+    order stays a pure function of the index (exact resume)."""
+
+    def __init__(self, model: MetaUAS, source: Dataset, pool: int, seed: int, batch: int = 16) -> None:
+        self.pool, self.seed = pool, seed
+        self.query: list[list[torch.Tensor]] = []
+        self.prompt: list[list[torch.Tensor]] = []
+        self.masks: list[torch.Tensor] = []
+        for start in range(0, pool, batch):
+            items = [source[i] for i in range(start, min(pool, start + batch))]
+            q = torch.stack([it["query"] for it in items])
+            p = torch.stack([it["prompt"] for it in items])
+            qf, pf = model.encode(q), model.encode(p)
+            for j, it in enumerate(items):
+                self.query.append([f[j].half() for f in qf[1:]])
+                self.prompt.append([f[j].half() for f in pf[1:]])
+                self.masks.append(it["mask"])
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        epoch, offset = divmod(index, self.pool)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.pool)
+        k = int(perm[offset])
+        return {"query": [f.float() for f in self.query[k]], "prompt": [f.float() for f in self.prompt[k]],
+                "mask": self.masks[k]}
+
+
+# ---------------------------------------------------------------------------- model step
+class ChangeStep(nn.Module):
+    """query/prompt (images, or cached features f1..f5) -> logits; wrapped by DDP when distributed."""
+
+    def __init__(self, model: MetaUAS) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, query: Any, prompt: Any) -> torch.Tensor:
+        m = self.model
+        if isinstance(query, torch.Tensor):
+            qf, pf = m.encode(query), m.encode(prompt)
+        else:  # cached features without f0 (the decoder never reads f0)
+            qf, pf = [query[0]] + list(query), [prompt[0]] + list(prompt)
+        return m.forward_features(qf, m.prompt_from_features(pf))
+
+
+def lr_lambda(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def build_model_from_config(cfg: TrainConfig) -> MetaUAS:
+    config = ModelConfig(encoder=cfg.encoder, alignment=cfg.alignment, fusion=cfg.fusion,
+                         num_aligned=cfg.num_aligned, decoder_channels=tuple(cfg.decoder_channels),
+                         image_size=cfg.image_size)
+    from metauas.models.encoders import ENCODERS
+
+    model = MetaUAS(config, pretrained_encoder=ENCODERS[cfg.encoder].weights_package is not None)
+    if cfg.init_from:
+        source = load_checkpoint(cfg.init_from)
+        model.load_state_dict(source.state_dict(), strict=True)
+    return model
+
+
+# ---------------------------------------------------------------------------- validation
+def collate(items: list[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = [torch.stack(v) for v in zip(*values)] if isinstance(values[0], list) else torch.stack(values)
+    return out
+
+
+@torch.no_grad()
+def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    from metauas.training.validation import pixel_metrics
+
+    was_training = model.training
+    model.eval()
+    probs, masks, losses = [], [], []
+    for start in range(0, len(pairs), cfg.batch_size):
+        batch = collate(pairs[start:start + cfg.batch_size])
+        logits = ChangeStep(model)(batch["query"].to(device), batch["prompt"].to(device)).float().cpu()
+        losses.append(float(change_loss(logits, batch["mask"], cfg.loss, cfg.dice_weight, cfg.focal_gamma))
+                      * len(logits))
+        probs.append(torch.sigmoid(logits)[:, 0].numpy())
+        masks.append(batch["mask"][:, 0].numpy())
+    model.train(was_training)
+    metrics = pixel_metrics(np.concatenate(masks), np.concatenate(probs))
+    metrics["val_loss"] = sum(losses) / len(pairs)
+    return metrics
+
+
+# ---------------------------------------------------------------------------- export
+def export_model(model: MetaUAS, out_dir: Path, name: str, card: dict, half: bool = False) -> Path:
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_safetensors(model, out_dir / f"{name}.safetensors", half=half,
+                            extra_metadata={"name": name})
+    card_path = out_dir / f"{name}.json"
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=str))
+    os.replace(tmp, card_path)
+    return path
+
+
+# ---------------------------------------------------------------------------- loop
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str = "",
+          return_model: bool = False) -> dict:
+    """Run (or continue) a training run; returns a summary dict. Rank 0 writes all files."""
+    rank, world = _dist_info()
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    is_main = rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    model = build_model_from_config(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start_step, best, train_seconds = 0, -1.0, 0.0
+    last_path = run_dir / "last.pt"
+    if resume and last_path.exists():
+        state = load_training_state(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, best = int(state["step"]), float(state["best"])
+        train_seconds = float(state["config"].get("_train_seconds", 0.0))
+    train_log = CsvLog(run_dir / "train_log.csv", TRAIN_FIELDS)
+    val_log = CsvLog(run_dir / "val_log.csv", VAL_FIELDS)
+    if is_main:
+        train_log.truncate_after(start_step)
+        val_log.truncate_after(start_step)
+
+    step_module: nn.Module = ChangeStep(model)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if use_cuda else None)
+
+    length = (cfg.steps + 1) * cfg.batch_size * world
+    train_set, val_set, data_info = build_datasets(cfg, length)
+    if cfg.cache_features:
+        train_set = CachedPairs(model, train_set, cfg.cache_pool, cfg.seed)
+    val_pairs = [val_set[i] for i in range(len(val_set))] if is_main else []
+    sampler = StepSampler(start_step, cfg.steps, cfg.batch_size, rank, world)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=0 if cfg.cache_features else cfg.num_workers,
+                        persistent_workers=False)
+
+    stop = {"flag": False}
+
+    def request_stop(signum, frame):  # noqa: ARG001
+        stop["flag"] = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop) if is_main and hasattr(signal, "SIGTERM") else None
+    amp = device.type == "cuda" and cfg.amp != "off"
+
+    def checkpoint(step: int) -> None:
+        if is_main:
+            snapshot = {**cfg.to_dict(), "_train_seconds": train_seconds}
+            save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                step=step, best=best, config=snapshot)
+
+    def card(step: int, metrics: dict) -> dict:
+        return {"name": cfg.model_name, "encoder": cfg.encoder, "image_size": cfg.image_size,
+                "model_config": asdict(model.config), "steps": step, "batch_size": cfg.batch_size,
+                "world_size": world, "validation": metrics, "training_seconds": round(train_seconds, 1),
+                "data": data_info, "command": command or " ".join(sys.argv), "train_config": cfg.to_dict()}
+
+    bar = None
+    if progress and is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=5)
+    step, window, window_pairs, t_window = start_step, [], 0, time.time()
+    t_start = time.time()
+    metrics: dict[str, float] = {}
+    try:
+        for batch in loader:
+            t0 = time.time()
+            query, prompt = batch["query"], batch["prompt"]
+            if isinstance(query, torch.Tensor):
+                query, prompt = query.to(device), prompt.to(device)
+            else:
+                query, prompt = [f.to(device) for f in query], [f.to(device) for f in prompt]
+            mask = batch["mask"].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = step_module(query, prompt)
+            loss = change_loss(logits, mask, cfg.loss, cfg.dice_weight, cfg.focal_gamma)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            train_seconds += time.time() - t0
+            window.append(float(loss.detach()))
+            window_pairs += len(mask) * world
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{window[-1]:.4f}", refresh=False)
+            if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.time()
+                rate = window_pairs / max(1e-9, now - t_window)
+                train_log.append({"step": step, "loss": f"{np.mean(window):.5f}",
+                                  "lr": f"{scheduler.get_last_lr()[0]:.3e}", "pairs_per_s": f"{rate:.2f}",
+                                  "elapsed_s": f"{train_seconds:.1f}"})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{np.mean(window):.4f}", pairs_s=f"{rate:.2f}")
+                window, window_pairs, t_window = [], 0, now
+            if is_main and (step % cfg.val_every == 0 or step == cfg.steps):
+                metrics = validate(model, val_pairs, cfg, device)
+                val_log.append({"step": step, **{k: f"{v:.5f}" for k, v in metrics.items()},
+                                "elapsed_s": f"{train_seconds:.1f}"})
+                score = metrics.get("p_ap", 0.0)
+                if score > best:
+                    best = score
+                    export_model(model, run_dir, "best", card(step, metrics))
+            out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > cfg.max_minutes * 60
+            if stop["flag"] or out_of_time:
+                checkpoint(step)
+                break
+            if is_main and step % cfg.ckpt_every == 0:
+                checkpoint(step)
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if world > 1:  # DDP keeps rank 0's BatchNorm statistics (broadcast_buffers); make it final
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    if step == cfg.steps or stop["flag"]:
+        checkpoint(step)
+    if is_main and step == cfg.steps:
+        if not metrics:
+            metrics = validate(model, val_pairs, cfg, device)
+        export_model(model, run_dir, "last", card(step, metrics))
+    if world > 1:
+        dist.barrier()
+    summary = {"step": step, "finished": step >= cfg.steps, "best_p_ap": best, "metrics": metrics,
+               "run_dir": str(run_dir)}
+    if return_model:
+        summary["model"] = model
+    return summary

@@ -1,0 +1,149 @@
+"""Training: loss goes down, exact resume after SIGKILL, 2-process DDP, checkpoint round trip."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from metauas.training.config import TrainConfig
+from metauas.training.state import StepSampler
+
+TINY = dict(data="toy", image_size=64, batch_size=2, decoder_channels=[32, 16, 16, 16, 8],
+            warmup_steps=2, val_pairs=4, val_every=1000, log_every=1, threads=1)
+
+
+def _cli(run_dir: Path, steps: int, *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "metauas.cli", "train", "--no-progress", "--run-dir", str(run_dir),
+            "--steps", str(steps)]
+    for key, value in TINY.items():
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        args += [f"--{key.replace('_', '-')}", text]
+    return args + list(extra)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_twenty_steps_reduce_the_loss(tmp_path):
+    from metauas.training.trainer import train
+
+    cfg = TrainConfig(run_dir=str(tmp_path), steps=20, **{**TINY, "lr": 1e-2, "batch_size": 4})
+    summary = train(cfg, progress=False)
+    assert summary["finished"]
+    with (tmp_path / "train_log.csv").open() as handle:
+        losses = [float(r["loss"]) for r in csv.DictReader(handle)]
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5  # clearly lower, not noise
+    for name in ("last.pt", "last.safetensors", "last.json", "config.yaml"):
+        assert (tmp_path / name).is_file()
+
+
+def test_step_sampler_is_a_function_of_the_step():
+    whole = list(StepSampler(0, 6, 3, rank=1, world=2))
+    resumed = list(StepSampler(4, 6, 3, rank=1, world=2))
+    assert whole[-len(resumed):] == resumed
+    assert set(StepSampler(0, 6, 3, 0, 2)).isdisjoint(StepSampler(0, 6, 3, 1, 2))
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps = 14
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference, steps, "--ckpt-every", "1"), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed, steps, "--ckpt-every", "1"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "train_log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 1 + 6:
+            break
+        if proc.poll() is not None:
+            pytest.fail("training finished before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = torch.load(killed / "last.pt", map_location="cpu", weights_only=True)["step"]
+    assert 0 < interrupted_at < steps
+
+    subprocess.run(_cli(killed, steps, "--ckpt-every", "1", "--resume"), check=True, env=env, capture_output=True)
+    a, b = _weights(reference), _weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    with log.open() as handle:
+        logged = [int(r["step"]) for r in csv.DictReader(handle)]
+    assert logged == list(range(1, steps + 1))  # no step lost or repeated
+
+
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    from metauas.training.trainer import train
+
+    torch.set_num_threads(1)
+    summary = train(TrainConfig(run_dir=run_dir, steps=4, **TINY), progress=False, return_model=True)
+    torch.save(summary["model"].state_dict(), Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    from metauas.training.trainer import build_model_from_config
+
+    initial = build_model_from_config(TrainConfig(**TINY)).state_dict()
+    changed = [k for k in r0 if r0[k].is_floating_point() and not torch.equal(r0[k], initial[k])]
+    assert changed, "weights did not move"
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from metauas.models import load_checkpoint, save_safetensors
+    from metauas.training.trainer import build_model_from_config
+
+    model = build_model_from_config(TrainConfig(**TINY))
+    for p in model.trainable_parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    path = save_safetensors(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(path)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    q, p = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(query=q, prompt=p), loaded(query=q, prompt=p))
+
+
+def test_config_yaml_and_overrides(tmp_path):
+    import argparse
+
+    from metauas.errors import InputError
+    from metauas.training.config import add_override_arguments, apply_overrides
+
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 7\nlr: 0.01\ndecoder_channels: [8, 8, 8, 8, 8]\n")
+    cfg = TrainConfig.from_yaml(path)
+    parser = argparse.ArgumentParser()
+    add_override_arguments(parser)
+    cfg = apply_overrides(cfg, parser.parse_args(["--lr", "0.5", "--cache-features", "true"]))
+    assert (cfg.steps, cfg.lr, cfg.cache_features, cfg.decoder_channels) == (7, 0.5, True, [8] * 5)
+    path.write_text("stepz: 3\n")
+    with pytest.raises(InputError, match="stepz"):
+        TrainConfig.from_yaml(path)
