@@ -90,7 +90,7 @@ class DescriptorCache:
     def get(self, name: str, paths: Sequence[Path],
             describe: Callable[[Sequence[Path]], torch.Tensor]) -> torch.Tensor:
         if self.cache_dir is None:
-            return describe(paths)
+            return describe(paths).detach().float().cpu()
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
         file = self.cache_dir / f"{safe}-{self._key(paths)}.npz"
         if file.is_file():
@@ -100,7 +100,7 @@ class DescriptorCache:
                         return torch.from_numpy(z["desc"])
             except (OSError, ValueError, KeyError):
                 pass  # unreadable cache: recompute
-        desc = describe(paths)
+        desc = describe(paths).detach().float().cpu()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{safe}.", suffix=".npz")
         with os.fdopen(fd, "wb") as fh:

@@ -53,11 +53,11 @@ def procedural_texture(size: int, rng: np.random.Generator) -> np.ndarray:
     img = np.zeros((size, size, 3), np.float32)
     for c in range(3):
         for _ in range(3):
-            f = rng.uniform(2, 9)
+            f = rng.uniform(1, 5)
             th = rng.uniform(0, np.pi)
             ph = rng.uniform(0, 2 * np.pi)
             img[..., c] += np.sin(2 * np.pi * f * (xx * np.cos(th) + yy * np.sin(th)) + ph)
-    noise = cv2.GaussianBlur(rng.standard_normal((size, size, 3)).astype(np.float32), (0, 0), size / 32)
+    noise = cv2.GaussianBlur(rng.standard_normal((size, size, 3)).astype(np.float32), (0, 0), size / 16)
     img = img / 6 + noise * 2
     img = (img - img.min()) / (img.max() - img.min() + 1e-6)
     base = rng.uniform(0.2, 0.8, 3).astype(np.float32)
@@ -79,7 +79,7 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
 def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A plausible 'other normal sample': small shift, brightness change and sensor noise."""
     size = img.shape[0]
-    dx, dy = rng.integers(-size // 40 - 1, size // 40 + 2, 2)
+    dx, dy = rng.integers(-(size // 64) - 1, size // 64 + 2, 2)
     m = np.float32([[1, 0, dx], [0, 1, dy]])
     out = cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT)
     out = out.astype(np.float32) * rng.uniform(0.95, 1.05) + rng.normal(0, 2.0, out.shape)
@@ -116,7 +116,7 @@ def _add_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[n
     elif kind == "patch":
         mask = _blob_mask(size, rng, 0.1)
         src = cv2.rotate(np.roll(img, (size // 2, size // 3), axis=(0, 1)), cv2.ROTATE_90_CLOCKWISE)
-        src = 255 - src if rng.random() < 0.5 else src
+        src = 255 - src[..., rng.permutation(3)]  # foreign, clearly different material
         out[mask] = src[mask]
     else:
         raise InputError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")

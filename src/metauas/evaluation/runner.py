@@ -178,6 +178,7 @@ class _ModelAdapter:
         return self.model(query=q, prompt=p)
 
 
+@torch.inference_mode()
 def predict_maps(
     model: torch.nn.Module,
     queries_u8: torch.Tensor,
@@ -286,9 +287,10 @@ def _run_category(cfg: EvalConfig, data: BenchmarkData, cat: CategoryData, model
                     out.append(global_descriptor(adapter.encode(x)))
                 return torch.cat(out)
 
-            train_desc = cache.get(cat.name, cat.train, describe)
-            q_desc = torch.cat([global_descriptor(adapter.encode(loaded.images[i:i + cfg.batch_size].float() / 255.0))
-                                for i in range(0, n, cfg.batch_size)])
+            with torch.inference_mode():
+                train_desc = cache.get(cat.name, cat.train, describe)
+                q_desc = torch.cat([global_descriptor(adapter.encode(loaded.images[i:i + cfg.batch_size].float() / 255.0))
+                                    for i in range(0, n, cfg.batch_size)])
             idx = rank_by_similarity(q_desc, train_desc, cfg.k)
         for j, s in enumerate(loaded.samples):
             if s.key in data.ranked_prompts:
