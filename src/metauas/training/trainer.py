@@ -58,7 +58,7 @@ def build_datasets(cfg: TrainConfig, length: int) -> tuple[Dataset, Dataset, dic
         train_sources, val_sources = sources.split_by_source(seed=cfg.seed)
     train = SyntheticPairDataset(train_sources, synth, length=length, seed=cfg.seed)
     val = SyntheticPairDataset(val_sources, synth, length=cfg.val_pairs, seed=cfg.val_seed)
-    info = {"kind": "synthetic", "train": train_sources.describe(), "validation": val_sources.describe()}
+    info = {"kind": "synthetic", "train": train_sources.sources(), "validation": val_sources.sources()}
     return train, val, info
 
 
@@ -138,7 +138,12 @@ def collate(items: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [it[key] for it in items]
-        out[key] = [torch.stack(v) for v in zip(*values)] if isinstance(values[0], list) else torch.stack(values)
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], list):  # cached features f1..f5
+            out[key] = [torch.stack(v) for v in zip(*values)]
+        else:  # metadata such as the change type
+            out[key] = values
     return out
 
 
