@@ -1,0 +1,271 @@
+"""ONNX export with the prompt as an *input*, so a deployment encodes the normal image once.
+
+Three graphs are written (all float32, fixed input size S, dynamic query batch):
+
+* `encoder.onnx`  image (B,3,S,S) in [0,1] -> f1..f5 (the frozen encoder, normalisation inside)
+* `prompt.onnx`   the aligned-level features of the K prompt images (K,C,h,w) -> prompt tensors
+                  `p<l>` and alignment keys `k<l>` in the layout the decoder expects
+* `decoder.onnx`  query features q1..q5 + prompt tensors -> anomaly probabilities (B,1,S,S)
+
+A deployment runs encoder+prompt once per normal image, then encoder+decoder per query,
+which is what `metauas segment --backend onnxruntime` does (see onnx_backend.py). The number
+of prompts K (k-shot) is fixed at export time; the metadata file `metauas_onnx.json` records
+it with the size, the aligned levels and the input/output names.
+
+The graphs wrap the model's own methods (encode, Alignment.reduce, forward_features), so the
+exported maths is the PyTorch maths; `verify_export` checks that outputs agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from metauas.errors import InputError, MetaUASError
+from metauas.models import MetaUAS, PromptFeatures
+
+META_FILE = "metauas_onnx.json"
+ENCODER_FILE = "encoder.onnx"
+PROMPT_FILE = "prompt.onnx"
+DECODER_FILE = "decoder.onnx"
+EXPORT_FILES = (ENCODER_FILE, PROMPT_FILE, DECODER_FILE, META_FILE)
+FORMAT_VERSION = 1
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+@dataclass
+class OnnxExportConfig:
+    """What to export: input size (multiple of 32), number of prompts K, ONNX opset."""
+
+    size: int = 256
+    shots: int = 1
+    opset: int = DEFAULT_OPSET
+
+    def validate(self) -> None:
+        if self.size < 32 or self.size % 32:
+            raise InputError(f"--size must be a positive multiple of 32, got {self.size}")
+        if not 1 <= self.shots <= 64:
+            raise InputError(f"--shots must be between 1 and 64, got {self.shots}")
+
+
+@dataclass
+class OnnxMetadata:
+    """Contents of metauas_onnx.json: everything a runtime needs to feed the graphs."""
+
+    format_version: int
+    model: str
+    model_digest: str
+    size: int
+    shots: int
+    encoder: str
+    aligned_levels: list[int]
+    has_keys: bool
+    opset: int
+    torch_version: str
+    created: str
+    max_abs_diff: float | None = None  # parity against PyTorch measured at export time
+    files: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: Path) -> "OnnxMetadata":
+        path = Path(folder) / META_FILE
+        if not path.is_file():
+            raise InputError(f"{folder} is not a metauas ONNX export ({META_FILE} missing); "
+                             "create one with `metauas export --format onnx`")
+        try:
+            data = json.loads(path.read_text())
+            meta = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (OSError, ValueError, TypeError):
+            raise InputError(f"{path} is unreadable or from an incompatible metauas version") from None
+        if meta.format_version != FORMAT_VERSION:
+            raise InputError(f"{path}: export format {meta.format_version} is not supported "
+                             f"(expected {FORMAT_VERSION}); export again")
+        for name in (ENCODER_FILE, PROMPT_FILE, DECODER_FILE):
+            if not (Path(folder) / name).is_file():
+                raise InputError(f"ONNX export {folder} is incomplete: {name} missing")
+        return meta
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of the state dict (names, shapes, values): identifies exactly these weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _has_keys(model: MetaUAS) -> bool:
+    return model.config.alignment != "na" and bool(model.aligned_levels)
+
+
+def prompt_names(model: MetaUAS) -> list[str]:
+    names = [f"p{level}" for level in model.aligned_levels]
+    if _has_keys(model):
+        names += [f"k{level}" for level in model.aligned_levels]
+    return names
+
+
+class EncoderGraph(nn.Module):
+    """image -> f1..f5 (f0, the normalised image, is not used by the decoder)."""
+
+    def __init__(self, model: MetaUAS) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.encode(image)[1:])
+
+
+class PromptGraph(nn.Module):
+    """Aligned-level features of K prompt images -> decoder prompt inputs (as prepare_prompt)."""
+
+    def __init__(self, model: MetaUAS, shots: int) -> None:
+        super().__init__()
+        self.model = model
+        self.shots = shots
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        prompts, keys = [], []
+        for align, f in zip(self.model.alignment, features):
+            key = align.reduce(f) if align.kind != "na" else None
+            if self.shots > 1:  # (K,C,h,w) -> (1,K,C,h,w), the k-shot layout of PromptFeatures
+                f = f.unsqueeze(0)
+                key = key.unsqueeze(0) if key is not None else None
+            prompts.append(f)
+            if key is not None:
+                keys.append(key)
+        return tuple(prompts + keys)
+
+
+class DecoderGraph(nn.Module):
+    """q1..q5 + prompt tensors -> probabilities, through MetaUAS.forward_features."""
+
+    def __init__(self, model: MetaUAS) -> None:
+        super().__init__()
+        self.model = model
+        self.levels = list(model.aligned_levels)
+        self.has_keys = _has_keys(model)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        query = list(inputs[:5])
+        rest = inputs[5:]
+        n = len(self.levels)
+        features: list[torch.Tensor | None] = [None] * 6
+        keys: list[torch.Tensor | None] = [None] * 6
+        for i, level in enumerate(self.levels):
+            features[level] = rest[i]
+            if self.has_keys:
+                keys[level] = rest[n + i]
+        # f0 is never fused or decoded; its slot only carries the batch size for expand_to
+        logits = self.model.forward_features([query[0]] + query, PromptFeatures(features, keys))  # type: ignore[arg-type]
+        return torch.sigmoid(logits)
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+            output_names: list[str], dynamic: dict[str, dict[int, str]], opset: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    module.eval()  # the exporter restores the wrapper's mode afterwards; a fresh wrapper would
+    # otherwise be "training" and put the wrapped model (BatchNorm!) into training mode
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer/deprecation chatter; the parity check is the proof
+        torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic, opset_version=opset,
+                          do_constant_folding=True)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _single_attention_chunk(model: MetaUAS, size: int) -> Iterator[None]:
+    """Trace the attention as one chunk: the tracer records chunking as a Split with a fixed
+    chunk length, which onnxruntime rejects when the length exceeds the positions present."""
+    saved = [align.chunk_size for align in model.alignment]
+    try:
+        for align, level in zip(model.alignment, model.aligned_levels):
+            align.chunk_size = (size // 2 ** level) ** 2
+        yield
+    finally:
+        for align, chunk in zip(model.alignment, saved):
+            align.chunk_size = chunk
+
+
+def export_onnx(model: MetaUAS, out_dir: str | os.PathLike, config: OnnxExportConfig | None = None,
+                model_name: str = "", overwrite: bool = False, verify: bool = True) -> OnnxMetadata:
+    """Write encoder/prompt/decoder graphs and metadata to `out_dir`; returns the metadata."""
+    config = config or OnnxExportConfig()
+    config.validate()
+    out = Path(out_dir)
+    existing = [out / name for name in EXPORT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{out} already holds an export ({existing[0].name}); use --overwrite or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    model = model.eval().cpu()
+    s, k = config.size, config.shots
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # not inference_mode: the tracer cannot use inference tensors
+        example_query = torch.rand(2, 3, s, s, generator=gen)
+        q_feats = model.encode(example_query)[1:]
+        p_feats = [f[:1].expand(k, *f.shape[1:]).contiguous() for f in q_feats]
+        prompt_in = [p_feats[level - 1] for level in model.aligned_levels]
+        prompt_out = PromptGraph(model, k)(*prompt_in)
+    names_q = [f"q{i}" for i in range(1, 6)]
+    names_prompt_in = [f"f{level}" for level in model.aligned_levels]
+    try:
+        with _single_attention_chunk(model, s):
+            _export(EncoderGraph(model), (example_query[:1],), out / ENCODER_FILE, ["image"],
+                    [f"f{i}" for i in range(1, 6)],
+                    {"image": {0: "batch"}, **{f"f{i}": {0: "batch"} for i in range(1, 6)}}, config.opset)
+            _export(PromptGraph(model, k), tuple(prompt_in), out / PROMPT_FILE, names_prompt_in,
+                    prompt_names(model), {}, config.opset)
+            _export(DecoderGraph(model), tuple(q_feats) + tuple(prompt_out), out / DECODER_FILE,
+                    names_q + prompt_names(model), ["prob"],
+                    {**{n: {0: "batch"} for n in names_q}, "prob": {0: "batch"}}, config.opset)
+    except PermissionError as exc:
+        raise InputError(f"cannot write to {out}: {exc.strerror}") from None
+    except RuntimeError as exc:  # torch.onnx errors derive from RuntimeError
+        raise MetaUASError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from None
+    meta = OnnxMetadata(
+        format_version=FORMAT_VERSION, model=model_name, model_digest=model_digest(model), size=s, shots=k,
+        encoder=model.config.encoder, aligned_levels=list(model.aligned_levels), has_keys=_has_keys(model),
+        opset=config.opset, torch_version=torch.__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        files={"encoder": ENCODER_FILE, "prompt": PROMPT_FILE, "decoder": DECODER_FILE})
+    if verify:
+        meta.max_abs_diff = verify_export(model, out, meta)
+        if meta.max_abs_diff > PARITY_TOLERANCE:
+            raise MetaUASError(f"ONNX export in {out} differs from PyTorch by {meta.max_abs_diff:.2e} "
+                               f"(tolerance {PARITY_TOLERANCE:g})")
+    (out / META_FILE).with_name(f".{META_FILE}.tmp").write_text(json.dumps(asdict(meta), indent=2))
+    os.replace(out / f".{META_FILE}.tmp", out / META_FILE)
+    return meta
+
+
+def verify_export(model: MetaUAS, folder: Path, meta: OnnxMetadata, batch: int = 2, seed: int = 1) -> float:
+    """Max |p_onnx - p_torch| on random prompt/query images (same prompt path as Segmenter)."""
+    from metauas.inference.onnx_backend import OnnxRunner
+
+    runner = OnnxRunner(folder, meta=meta)
+    gen = torch.Generator().manual_seed(seed)
+    prompts = torch.rand(meta.shots, 3, meta.size, meta.size, generator=gen)
+    queries = torch.rand(batch, 3, meta.size, meta.size, generator=gen)
+    with torch.inference_mode():
+        prepared = model.prepare_prompt(prompts[None] if meta.shots > 1 else prompts)
+        expected = torch.sigmoid(model.forward_features(model.encode(queries), prepared)).numpy()
+    runner.set_prompt_tensor(prompts.numpy())
+    got = runner.predict(queries.numpy())
+    return float(np.abs(got - expected).max())

@@ -1,0 +1,116 @@
+"""Running an ONNX export (see export.py) with onnxruntime, behind the Segmenter interface.
+
+`OnnxRunner` works on model-sized float32 arrays; `OnnxSegmenter` adds image loading,
+resizing and the map back at the original resolution, exactly as the PyTorch `Segmenter`
+does (it reuses the same helpers), so the CLI and the web app can swap backends.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from metauas.errors import InputError, MetaUASError
+from metauas.inference.export import DECODER_FILE, ENCODER_FILE, PROMPT_FILE, OnnxMetadata
+from metauas.inference.images import ImageLike, load_image, to_model_tensor
+from metauas.inference.segmenter import SegmentationResult, Segmenter
+
+
+def _session(path: Path, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MetaUASError("the onnxruntime backend needs the package 'onnxruntime' "
+                           "(pip install 'metauas[onnx]')") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for broken files
+        raise InputError(f"{path}: cannot be loaded by onnxruntime ({str(exc).splitlines()[0][:200]})") from None
+
+
+class OnnxRunner:
+    """The three graphs of an export; prompt tensors are computed once and kept."""
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None,
+                 meta: OnnxMetadata | None = None) -> None:
+        self.folder = Path(folder)
+        self.meta = meta or OnnxMetadata.read(self.folder)
+        self.encoder = _session(self.folder / ENCODER_FILE, threads)
+        self.prompt = _session(self.folder / PROMPT_FILE, threads)
+        self.decoder = _session(self.folder / DECODER_FILE, threads)
+        self._prompt_inputs: dict[str, np.ndarray] | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.meta.size)
+
+    def encode(self, images: np.ndarray) -> list[np.ndarray]:
+        """(B,3,S,S) float32 in [0,1] -> [f1..f5]."""
+        return self.encoder.run(None, {"image": np.ascontiguousarray(images, dtype=np.float32)})
+
+    def set_prompt_tensor(self, prompts: np.ndarray) -> None:
+        """(K,3,S,S) prompt images -> cached decoder prompt inputs."""
+        if prompts.shape[0] != self.meta.shots:
+            raise InputError(f"this ONNX export expects {self.meta.shots} prompt image(s), got "
+                             f"{prompts.shape[0]}; export again with --shots {prompts.shape[0]}")
+        features = self.encode(prompts)
+        feeds = {f"f{level}": features[level - 1] for level in self.meta.aligned_levels}
+        outputs = self.prompt.run(None, feeds)
+        names = [o.name for o in self.prompt.get_outputs()]
+        self._prompt_inputs = dict(zip(names, outputs))
+
+    def predict(self, queries: np.ndarray) -> np.ndarray:
+        """(B,3,S,S) float32 in [0,1] -> probabilities (B,1,S,S) against the cached prompt."""
+        if self._prompt_inputs is None:
+            raise InputError("no prompt set: call set_prompt() with a normal image first")
+        features = self.encode(queries)
+        feeds = {f"q{i}": f for i, f in enumerate(features, start=1)}
+        feeds.update(self._prompt_inputs)
+        return self.decoder.run(["prob"], feeds)[0]
+
+
+class OnnxSegmenter:
+    """Drop-in for `Segmenter` (set_prompt / segment / size) running an ONNX export."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, folder: str | os.PathLike, batch_size: int = 8, threads: int | None = None) -> None:
+        self.runner = OnnxRunner(folder, threads=threads)
+        self.size = self.runner.size
+        self.batch_size = batch_size
+        self.num_prompts = 0
+
+    @property
+    def meta(self) -> OnnxMetadata:
+        return self.runner.meta
+
+    def set_prompt(self, images: ImageLike | Sequence[ImageLike]) -> None:
+        prompts = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not prompts:
+            raise InputError("at least one prompt image is needed")
+        batch = torch.cat([to_model_tensor(load_image(p), self.size) for p in prompts]).numpy()
+        self.runner.set_prompt_tensor(batch)
+        self.num_prompts = len(prompts)
+
+    def segment(self, queries: ImageLike | Sequence[ImageLike], batch_size: int | None = None,
+                names: Sequence[str] | None = None) -> list[SegmentationResult]:
+        items = list(queries) if isinstance(queries, (list, tuple)) else [queries]
+        names = list(names) if names is not None else [f"query{i}" for i in range(len(items))]
+        step = batch_size or self.batch_size
+        results: list[SegmentationResult] = []
+        for start in range(0, len(items), step):
+            rgbs = [load_image(q) for q in items[start:start + step]]
+            batch = torch.cat([to_model_tensor(rgb, self.size) for rgb in rgbs]).numpy()
+            maps = torch.from_numpy(self.runner.predict(batch))
+            for rgb, prob, name in zip(rgbs, maps, names[start:start + step]):
+                full = Segmenter._to_original_size(prob, rgb.shape[:2])
+                results.append(SegmentationResult(full, float(full.max()), name))
+        return results
