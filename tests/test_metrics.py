@@ -54,14 +54,15 @@ def ref_aupro(masks, maps, limit=0.3) -> float:
 
 
 def ref_pro_200(masks, maps, limit=0.3, steps=200) -> float:
-    """The official-evaluator style PRO: a loop over 200 thresholds, skimage-style regions."""
+    """The official-evaluator style PRO, written as a plain loop: thresholds from np.arange in
+    the maps' dtype, binarise with ``>``, skimage-style 8-connected regions, keep FPR < limit,
+    min-max rescale the kept FPRs, sklearn ``auc`` in threshold order."""
     masks = np.asarray(masks, bool)
-    maps = np.asarray(maps, np.float64)
+    maps = np.asarray(maps)
     lo, hi = maps.min(), maps.max()
     delta = (hi - lo) / steps
     fprs, pros = [], []
-    for k in range(steps):
-        th = lo + k * delta
+    for th in np.arange(lo, hi, delta):
         binary = maps > th
         overlaps = []
         for b, m in zip(binary, masks):
@@ -188,12 +189,16 @@ def test_pro_200_steps_matches_loop_reference():
     masks[0, 3:9, 3:9] = True
     masks[2, 12:18, 1:4] = True
     masks[2, 0, 19] = True
-    maps = rng.random(masks.shape).astype(np.float32) + 0.6 * masks
-    assert aupro_steps(masks, maps) == pytest.approx(ref_pro_200(masks, maps), abs=1e-6)
+    maps = (rng.random(masks.shape) + 0.6 * masks).astype(np.float32)
+    assert aupro_steps(masks, maps) == pytest.approx(ref_pro_200(masks, maps), abs=1e-9)
+    # scores sitting exactly on (float32-rounded) thresholds: the float64 comparison matters
+    q = (np.round(maps / maps.max() * 200) / 200).astype(np.float32)
+    assert aupro_steps(masks, q) == pytest.approx(ref_pro_200(masks, q), abs=1e-9)
     # metauas protocol = same value on min-max normalised maps
     norm = (maps - maps.min()) / (maps.max() - maps.min())
+    assert norm.dtype == np.float32
     assert evaluate(masks, maps, protocol="metauas")["P-AUPRO"] == pytest.approx(
-        ref_pro_200(masks, norm), abs=1e-6
+        ref_pro_200(masks, norm), abs=1e-9
     )
 
 

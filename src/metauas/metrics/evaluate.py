@@ -143,18 +143,32 @@ def _pixel_exact(cat: _Category, fpr_limit: float = 0.3) -> dict[str, float]:
     }
 
 
-def _pro_steps(cat: _Category, lo: float, hi: float, steps: int, fpr_limit: float) -> float:
-    """MetaUAS-protocol PRO: ``steps`` thresholds lo + k*(hi-lo)/steps, binarise ``score > t``."""
-    if cat.n_regions == 0 or cat.neg.size == 0 or not hi > lo:
+def _pro_steps(cat: _Category, steps: int, fpr_limit: float) -> float:
+    """Official-evaluator PRO: thresholds ``np.arange(min, max, (max - min) / steps)`` over the
+    category's scores (computed in the maps' dtype, as the official code does with float32
+    maps), a pixel is positive when ``score > t`` (compared in float64), PRO = mean region
+    overlap, points with FPR < ``fpr_limit`` kept, their FPRs min-max rescaled to [0, 1] and
+    integrated in threshold order with the trapezoidal rule.
+    """
+    if cat.n_regions == 0 or cat.neg.size == 0:
         return float("nan")
-    delta = (hi - lo) / steps
-    th = lo + delta * np.arange(steps, dtype=np.float64)
-    # pixel counts as positive at threshold k iff score > th[k]  <=>  k < #(th < score)
+    t = cat.dtype.type
+    lo = min(cat.neg.min(), cat.pos.min())
+    hi = max(cat.neg.max(), cat.pos.max())
+    if not hi > lo:
+        return float("nan")
+    delta = (t(hi) - t(lo)) / steps
+    th = np.arange(t(lo), t(hi), delta).astype(np.float64)
     neg_sorted = np.sort(cat.neg)
-    fp = neg_sorted.size - np.searchsorted(neg_sorted, th.astype(cat.dtype), side="right")
-    fpr = fp / neg_sorted.size
-    b = np.searchsorted(th.astype(cat.dtype), cat.pos, side="left")  # number of th < score
-    w_at = np.bincount(b, weights=cat.weights, minlength=steps + 1)
+    # #(x > th) for float32 x compared in float64: search for the float32 nearest th and
+    # decide from the rounding direction whether values equal to it lie above th.
+    th_cast = th.astype(cat.dtype)
+    above = th_cast.astype(np.float64) > th
+    le = np.where(above, np.searchsorted(neg_sorted, th_cast, side="left"),
+                  np.searchsorted(neg_sorted, th_cast, side="right"))
+    fpr = (neg_sorted.size - le) / neg_sorted.size
+    b = np.searchsorted(th, cat.pos.astype(np.float64), side="left")  # number of th < score
+    w_at = np.bincount(b, weights=cat.weights, minlength=th.size + 1)
     pro = np.cumsum(w_at[::-1])[::-1][1:]  # pro[k] = sum of weights with b > k
     keep = fpr < fpr_limit
     if keep.sum() < 2:
@@ -183,9 +197,7 @@ def aupro_steps(gt_masks: Sequence, pred_maps: Sequence, steps: int = 200, fpr_l
     masks = [_as_mask(m, i) for i, m in enumerate(gt_masks)]
     maps = [_as_map(p, i) for i, p in enumerate(pred_maps)]
     cat = _Category(masks, maps)
-    lo = min(float(cat.neg.min()) if cat.neg.size else np.inf, float(cat.pos.min()) if cat.pos.size else np.inf)
-    hi = max(float(cat.neg.max()) if cat.neg.size else -np.inf, float(cat.pos.max()) if cat.pos.size else -np.inf)
-    return _pro_steps(cat, lo, hi, steps, fpr_limit)
+    return _pro_steps(cat, steps, fpr_limit)
 
 
 def evaluate(
@@ -230,11 +242,13 @@ def evaluate(
         return {k: float("nan") for k in METRIC_NAMES}
 
     if protocol == "metauas":
-        lo = min(float(np.min(m)) for m in maps)
-        hi = max(float(np.max(m)) for m in maps)
-        scale = (hi - lo) if hi > lo else 1.0
-        maps = [((m - np.asarray(lo, m.dtype)) / np.asarray(scale, m.dtype)) if m.dtype.kind == "f"
-                else (m.astype(np.float64) - lo) / scale for m in maps]
+        # (m - min) / (max - min) over the whole category, in the maps' own float dtype
+        dt = np.float32 if all(m.dtype in (np.float16, np.float32) for m in maps) else np.float64
+        maps = [np.asarray(m, dtype=dt) for m in maps]
+        lo = min(m.min() for m in maps)
+        hi = max(m.max() for m in maps)
+        scale = (hi - lo) if hi > lo else dt(1.0)
+        maps = [(m - lo) / scale for m in maps]
 
     img_scores = np.array([float(np.max(m)) for m in maps])
     if not np.isfinite(img_scores).all() or any(np.isnan(np.min(m)) for m in maps):
@@ -247,7 +261,7 @@ def evaluate(
             out.update(_pixel_exact(cat, fpr_limit))
         else:
             out.update(_pixel_exact(cat, fpr_limit))
-            out["P-AUPRO"] = _pro_steps(cat, 0.0, 1.0, 200, fpr_limit)
+            out["P-AUPRO"] = _pro_steps(cat, 200, fpr_limit)
     else:
         out.update({k: float("nan") for k in PIXEL_METRICS})
     if protocol == "metauas":
