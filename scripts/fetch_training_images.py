@@ -119,6 +119,7 @@ SOURCES: tuple[Source, ...] = (
 
 MIN_SIDE = {"photos": 200, "objects": 48, "textures": 96}
 MAX_SIDE = {"photos": 1024, "objects": 384, "textures": 512}
+MAX_DECODE_PIXELS = 24_000_000  # a few clip-art PNGs are > 200 Mpx: not worth minutes of decode
 
 
 # ------------------------------------------------------------------------------ download
@@ -254,6 +255,10 @@ def process(args: tuple[str, bytes, str, int]) -> Processed:
             img = decode_gimp_pattern(raw)
         else:
             img = Image.open(io.BytesIO(raw))
+            if img.size[0] * img.size[1] > MAX_DECODE_PIXELS:
+                if img.format != "JPEG":
+                    return Processed(origin, False, "huge")
+                img.draft("RGB", (MAX_SIDE[kind], MAX_SIDE[kind]))
         img.load()
         img = ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - any undecodable file is skipped, reason kept
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="source names to fetch")
     ap.add_argument("--skip", nargs="*", default=[], help="source names to leave out")
     ap.add_argument("--list", action="store_true", help="print the sources and exit")
+    ap.add_argument("--force", action="store_true", help="re-extract sources already done")
     ap.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     args = ap.parse_args(argv)
 
@@ -333,21 +339,35 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.csv"
     rows: list[dict[str, str]] = []
-    if manifest_path.exists():  # keep rows of sources not re-fetched this run
-        names = {s.name for s in sources}
+    if manifest_path.exists():  # incremental: finished sources are kept unless --force
         with manifest_path.open(newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r["source"] not in names]
-    seen_sha = set()
-    seen_dhash: dict[str, set[int]] = {k: set() for k in KINDS}
-    for r in rows:
-        seen_sha.add(r.get("sha1", ""))
-        if r.get("dhash"):
-            seen_dhash[r["kind"]].add(int(r["dhash"], 16))
+            rows = list(csv.DictReader(fh))
+
+    fields = ["path", "source", "license", "kind", "width", "height", "origin", "sha1", "dhash"]
+
+    def write_manifest() -> None:
+        rows.sort(key=lambda r: r["path"])
+        fd, tmp = tempfile.mkstemp(dir=out, suffix=".csv.tmp")
+        with os.fdopen(fd, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, manifest_path)
 
     stats: dict[str, Stats] = {}
     failed: list[str] = []
     for src in sources:
         st = stats.setdefault(src.name, Stats())
+        done = [r for r in rows if r["source"] == src.name]
+        if done and not args.force and (out / src.kind / src.name).is_dir():
+            print(f"{src.name:26s} {src.kind:9s} already in manifest ({len(done)}), --force redoes it")
+            continue
+        rows[:] = [r for r in rows if r["source"] != src.name]
+        seen_sha = {r.get("sha1", "") for r in rows}
+        seen_dhash: dict[str, set[int]] = {k: set() for k in KINDS}
+        for r in rows:
+            if r.get("dhash"):
+                seen_dhash[r["kind"]].add(int(r["dhash"], 16))
         try:
             archive = download(src, cache)
             root = extract(src, archive, cache)
@@ -384,15 +404,9 @@ def main(argv: list[str] | None = None) -> int:
             })
             st.kept += 1
         print(f"{src.name:26s} {src.kind:9s} kept {st.kept:5d}  skipped {st.skipped}", flush=True)
+        write_manifest()  # after every source, so an interrupted run keeps what it finished
 
-    rows.sort(key=lambda r: r["path"])
-    fields = ["path", "source", "license", "kind", "width", "height", "origin", "sha1", "dhash"]
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".csv.tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, manifest_path)
+    write_manifest()
 
     print("\nimages per kind and source (whole manifest):")
     totals: dict[str, dict[str, int]] = {k: {} for k in KINDS}

@@ -23,17 +23,27 @@ def composite(base: np.ndarray, changed: np.ndarray, mask: np.ndarray,
     """`changed` inside `mask`, `base` outside — exactly (outside pixels are copied).
 
     The blend weight is feathered *inwards* only (weight 0 outside the mask is kept), so edges
-    look less cut-out while the mask still covers every changed pixel.
+    look less cut-out while the mask still covers every changed pixel. Work is limited to the
+    mask's bounding box.
     """
-    m = mask.astype(np.float32)
+    out = base.copy()
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return out
+    pad = int(3 * feather) + 2
+    h, w = mask.shape
+    y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
+    m = mask[y0:y1, x0:x1].astype(np.float32)
     if feather > 0:
         soft = cv2.GaussianBlur(m, (0, 0), feather)
-        m = m * np.clip(2.0 * soft, 0.0, 1.0)
-    w = m[..., None]
-    out = base.astype(np.float32) * (1.0 - w) + changed.astype(np.float32) * w
-    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
-    outside = mask == 0
-    out[outside] = base[outside]
+        m = m * np.minimum(2.0 * soft, 1.0)
+    b = base[y0:y1, x0:x1].astype(np.float32)
+    c = changed[y0:y1, x0:x1].astype(np.float32)
+    blended = b + (c - b) * m[..., None]
+    region = out[y0:y1, x0:x1]
+    inside = mask[y0:y1, x0:x1] > 0
+    region[inside] = np.clip(blended[inside] + 0.5, 0, 255).astype(np.uint8)
     return out
 
 

@@ -47,35 +47,50 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
 
 
 def perlin_mask(shape: tuple[int, int], rng: np.random.Generator,
-                scale_exp: tuple[int, int] = (0, 5), threshold: float = 0.5,
+                scale_exp: tuple[int, int] = (0, 4), threshold: float = 0.5,
                 area_range: tuple[float, float] = (0.005, 0.35),
-                localize_prob: float = 0.5, tries: int = 12) -> np.ndarray:
+                localize_prob: float = 0.5) -> np.ndarray:
     """Binary HxW uint8 {0,1} mask from thresholded, rotated Perlin noise.
 
     `scale_exp`: lattice resolution is 2**k per axis with k drawn per axis from this range
     (DRAEM draws 2**[0,6)). The noise is rotated by a random angle. With `localize_prob` the
     region is also cut to a random ellipse, so that not every change is scattered over the
-    whole image. A mask whose area is outside `area_range` is redrawn (up to `tries`); if none
-    fits, a random ellipse of valid size is returned, so the result is never empty.
+    whole image. The threshold is DRAEM's fixed `threshold` when that gives an area inside
+    `area_range`; otherwise it is moved to the noise quantile of an area drawn (log-uniformly)
+    from the range, so one draw always suffices and the mask is never empty.
     """
     h, w = shape
     lo, hi = area_range
-    for _ in range(tries):
-        ky = int(rng.integers(scale_exp[0], scale_exp[1] + 1))
-        kx = int(rng.integers(scale_exp[0], scale_exp[1] + 1))
-        noise = perlin_noise((h, w), (2**ky, 2**kx), rng)
-        angle = float(rng.uniform(-90.0, 90.0))
-        rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-        noise = cv2.warpAffine(noise, rot, (w, h), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT_101)
-        thr = float(threshold + rng.uniform(-0.15, 0.15))
-        mask = (noise > thr).astype(np.uint8)
-        if rng.random() < localize_prob:
-            mask &= random_ellipse((h, w), rng, (max(lo, 0.03), min(0.5, max(hi, 0.05))))
-        frac = float(mask.mean())
-        if lo <= frac <= hi:
-            return mask
-    return random_ellipse((h, w), rng, (lo, hi))
+    ky = int(rng.integers(scale_exp[0], scale_exp[1] + 1))
+    kx = int(rng.integers(scale_exp[0], scale_exp[1] + 1))
+    # noise is smooth at the lattice scale: compute it at >= 8 px per cell, then upsample
+    cells = 2 ** max(ky, kx)
+    scale = min(1.0, max(8 * cells, 32) / float(max(h, w)))
+    sh, sw = max(2, int(round(h * scale))), max(2, int(round(w * scale)))
+    noise = perlin_noise((sh, sw), (2**ky, 2**kx), rng)
+    angle = float(rng.uniform(-90.0, 90.0))
+    rot = cv2.getRotationMatrix2D((sw / 2.0, sh / 2.0), angle, 1.0)
+    noise = cv2.warpAffine(noise, rot, (sw, sh), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT_101)
+    if (sh, sw) != (h, w):
+        noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
+    region = None
+    if rng.random() < localize_prob:
+        region = random_ellipse((h, w), rng, (max(2 * lo, 0.05), min(0.6, max(2 * hi, 0.1))))
+    target = float(np.exp(rng.uniform(np.log(max(lo, 1e-4)), np.log(hi))))
+    vals = noise if region is None else np.where(region > 0, noise, -np.inf)
+    mask = (vals > threshold).astype(np.uint8)
+    if not lo <= float(mask.mean()) <= hi:
+        flat = vals.reshape(-1)
+        k = int(round((1.0 - target) * flat.size))
+        k = min(max(k, 0), flat.size - 1)
+        thr = float(np.partition(flat, k)[k])
+        mask = (vals > thr).astype(np.uint8)
+        if not mask.any():
+            mask = (vals >= thr).astype(np.uint8) & (vals > -np.inf)
+    if not mask.any():
+        return random_ellipse((h, w), rng, (lo, hi))
+    return mask
 
 
 def random_ellipse(shape: tuple[int, int], rng: np.random.Generator,
