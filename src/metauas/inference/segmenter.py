@@ -3,6 +3,12 @@
 The official code re-encodes the prompt for every query; here the prompt's encoder features
 and its alignment keys are computed once (`set_prompt`) and reused, so each query costs one
 encoder pass plus the alignment/decoder.
+
+With `optimize=True` (the default) queries run through `metauas.models.fast.optimize_for_inference`,
+an inference copy of the model (BatchNorm folded, channels_last, cheaper last UNet block) whose
+probabilities stay within 1e-4 of the eager model's (checked in tests/test_models.py and
+benchmarks/speed.py). The copy is a snapshot: weights changed later on `segmenter.model` are
+not seen; build a new Segmenter after training.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch.nn.functional as F
 from metauas.errors import InputError
 from metauas.inference.images import ImageLike, load_image, to_model_tensor
 from metauas.models import DEFAULT_MODEL, MetaUAS, PromptFeatures, load_model
+from metauas.models.fast import optimize_for_inference, prepare_input
 
 
 @dataclass
@@ -40,14 +47,19 @@ class Segmenter:
     """Anomaly segmentation of query images against one or several normal prompt images."""
 
     def __init__(self, model: MetaUAS | str = DEFAULT_MODEL, size: int | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 8) -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 8, optimize: bool = True) -> None:
         self.model = load_model(model) if isinstance(model, str) else model
         self.model.eval()
         self.size = int(size or self.model.config.image_size)
         if self.size % 32 or self.size < 32:
             raise InputError(f"size must be a positive multiple of 32, got {self.size}")
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
         self.device = torch.device(device)
         self.model.to(self.device)
+        self.optimize = optimize
+        # the network that actually runs: the model itself or its optimized inference copy
+        self.inference_model: MetaUAS = optimize_for_inference(self.model) if optimize else self.model
         self.batch_size = batch_size
         self._prompt: PromptFeatures | None = None
         self.num_prompts = 0
@@ -61,8 +73,9 @@ class Segmenter:
         tensors = [to_model_tensor(load_image(p), self.size) for p in prompts]
         batch = torch.cat(tensors).to(self.device)  # (K,3,S,S)
         with torch.inference_mode():
-            prompt_input = batch[None] if len(tensors) > 1 else batch  # (1,K,3,S,S) or (1,3,S,S)
-            self._prompt = self.model.prepare_prompt(prompt_input)
+            net = self.inference_model
+            prompt_input = batch[None] if len(tensors) > 1 else prepare_input(net, batch)  # (1,K,3,S,S) or (1,3,S,S)
+            self._prompt = net.prepare_prompt(prompt_input)
         self.num_prompts = len(tensors)
 
     @property
@@ -74,9 +87,11 @@ class Segmenter:
     # ------------------------------------------------------------------ queries
     def predict_tensor(self, queries: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) in [0,1] -> anomaly probabilities (B,1,S,S), using the cached prompt."""
+        prompt = self.prompt_features
+        net = self.inference_model
         with torch.inference_mode():
-            features = self.model.encode(queries.to(self.device))
-            return torch.sigmoid(self.model.forward_features(features, self.prompt_features))
+            features = net.encode(prepare_input(net, queries.to(self.device)))
+            return torch.sigmoid(net.forward_features(features, prompt)).contiguous()
 
     def segment(self, queries: ImageLike | Sequence[ImageLike], batch_size: int | None = None,
                 names: Sequence[str] | None = None) -> list[SegmentationResult]:
