@@ -49,6 +49,7 @@ class Thresholds:
     pixel: float
     method: str = "manual"  # manual | good-quantile | f1
     model: str = ""
+    model_digest: str = ""  # SHA-256 of the weights: thresholds belong to exactly these weights
     size: int = 0
     prompt_fingerprint: str = ""
     quantile: float | None = None
@@ -98,7 +99,7 @@ def quantile_threshold(good_scores: Sequence[float], quantile: float) -> float:
     scores = np.asarray(good_scores, dtype=np.float64)
     if scores.size == 0:
         raise InputError("no good images to calibrate on")
-    return float(np.quantile(scores, quantile, method="higher"))
+    return float(np.quantile(scores, quantile, method="inverted_cdf"))
 
 
 def f1_threshold(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
@@ -175,7 +176,7 @@ def find_mask(image: Path, mask_dir: Path) -> Path | None:
 
 def calibrate(segmenter: SegmenterLike, good: Sequence[Path], bad: Sequence[Path] = (),
               mask_dir: Path | None = None, quantile: float = 0.99, model: str = "",
-              prompt_fingerprint: str = "", skipped: list[dict[str, str]] | None = None) -> Thresholds:
+              model_digest: str = "", prompt_fingerprint: str = "", skipped: list[dict[str, str]] | None = None) -> Thresholds:
     """Run the model on good (and optional bad) images and choose thresholds.
 
     Unreadable files are skipped and appended to `skipped` ({path, error}).
@@ -220,7 +221,7 @@ def calibrate(segmenter: SegmenterLike, good: Sequence[Path], bad: Sequence[Path
 
     stats = {"min": float(np.min(good_scores)), "median": float(np.median(good_scores)),
              "max": float(np.max(good_scores))}
-    common = dict(model=model, size=int(segmenter.size), prompt_fingerprint=prompt_fingerprint,
+    common = dict(model=model, model_digest=model_digest, size=int(segmenter.size), prompt_fingerprint=prompt_fingerprint,
                   num_good=len(good_scores), num_bad=len(bad_scores), good_scores=stats,
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if not bad_scores:
@@ -286,7 +287,7 @@ def _read_store(path: Path) -> list[dict[str, Any]]:
 
 
 def _key(entry: dict[str, Any]) -> tuple[Any, ...]:
-    return entry.get("model"), int(entry.get("size", 0)), entry.get("prompt_fingerprint")
+    return entry.get("model_digest"), int(entry.get("size", 0)), entry.get("prompt_fingerprint")
 
 
 def save_thresholds(thresholds: Thresholds, path: Path) -> Path:
@@ -307,11 +308,11 @@ def save_thresholds(thresholds: Thresholds, path: Path) -> Path:
     return path
 
 
-def load_thresholds(path: Path, model: str | None = None, size: int | None = None,
+def load_thresholds(path: Path, model_digest: str | None = None, size: int | None = None,
                     prompt_fingerprint: str | None = None) -> Thresholds | None:
     """The stored entry matching the given fields (None = any); the newest one if several."""
     matches = [e for e in _read_store(Path(path))
-               if (model is None or e.get("model") == model)
+               if (model_digest is None or e.get("model_digest") == model_digest)
                and (size is None or int(e.get("size", 0)) == size)
                and (prompt_fingerprint is None or e.get("prompt_fingerprint") == prompt_fingerprint)]
     return Thresholds.from_dict(matches[-1]) if matches else None
