@@ -77,10 +77,10 @@ def test_local_changes_are_visible_inside_mask(sources: ImageSources, ctype: str
 def test_misaligned_prompt_registers_back_onto_query(sources: ImageSources, ctype: str) -> None:
     """Outside the mask the query equals the prompt after the shared warp (up to interpolation)."""
     cfg = SynthesisConfig(size=SIZE, misalign_prob=1.0, photometric_jitter=0.0, return_aligned=True,
-                          pair_flip_prob=0.0)
+                          pair_flip_prob=0.0, texture_background_prob=0.0)
     gen = PairGenerator(sources, cfg)
     checked = 0
-    for seed in range(6):
+    for seed in range(8):
         p = gen.generate(seed, change_type=ctype)
         outside = p.mask == 0
         # the un-warped prompt equals the query exactly outside the mask
@@ -99,6 +99,8 @@ def test_misaligned_prompt_registers_back_onto_query(sources: ImageSources, ctyp
         assert sel.sum() > 0.2 * SIZE * SIZE
         diff = np.abs(back.astype(np.int16) - p.query.astype(np.int16))[sel]
         raw = np.abs(p.prompt.astype(np.int16) - p.query.astype(np.int16))[sel]
+        if raw.mean() < 3.0:
+            continue  # a flat background: misalignment is invisible, nothing to measure
         assert diff.mean() < 6.0, diff.mean()  # bilinear resampling twice on textured images
         assert diff.mean() < 0.5 * raw.mean()  # and much closer than without re-registration
         checked += 1
@@ -318,3 +320,17 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path, tree: dict[str, Path]) -> 
         SynthesisConfig(max_rotation=400).validate()
     with pytest.raises(InputError, match="unknown change types"):
         SynthesisConfig(change_weights={"explode": 1.0}).validate()
+
+
+def test_source_weighting(sources: ImageSources) -> None:
+    from metauas.synthesis.generator import _source_cdf
+    from metauas.synthesis.io import ImageRecord
+
+    recs = [ImageRecord(Path(f"big{i}.png"), "big", "objects") for i in range(90)] + \
+           [ImageRecord(Path(f"small{i}.png"), "small", "objects") for i in range(10)]
+    for mode, share in (("image", 0.1), ("sqrt", np.sqrt(10) / (np.sqrt(10) + np.sqrt(90))),
+                        ("source", 0.5)):
+        w = np.diff(np.r_[0.0, _source_cdf(recs, mode)])
+        assert w[90:].sum() / w.sum() == pytest.approx(share)
+    with pytest.raises(InputError, match="source_weighting"):
+        SynthesisConfig(source_weighting="bogus").validate()

@@ -71,6 +71,9 @@ class SynthesisConfig:
     inpaint_dilation: int = 4  # pixels added around a removed object
     sprite_inpaint_prob: float = 0.5  # removal of a pasted object by inpainting vs. clean bg
     min_mask_fraction: float = 0.002  # smaller changes are redrawn
+    # how images are drawn: "image" (uniform over files), "sqrt" (a source with n files gets
+    # weight sqrt(n), so 3000 emoji do not drown 200 photo cut-outs), "source" (uniform)
+    source_weighting: str = "sqrt"
     return_aligned: bool = False  # also return the un-warped prompt (tests, previews)
 
     def validate(self) -> "SynthesisConfig":
@@ -98,6 +101,8 @@ class SynthesisConfig:
         a, b = self.crop_scale
         if not 0.0 < a <= b <= 1.0:
             raise InputError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if self.source_weighting not in ("image", "sqrt", "source"):
+            raise InputError(f"source_weighting must be image, sqrt or source, got {self.source_weighting!r}")
         unknown = set(self.change_weights) - set(CHANGE_TYPES)
         if unknown:
             raise InputError(f"unknown change types {sorted(unknown)}; known: {', '.join(CHANGE_TYPES)}")
@@ -163,6 +168,7 @@ class PairGenerator:
                 method=spec, radius=self.config.inpaint_radius)
         else:
             self.inpainter = objects.get_inpainter(spec)
+        self._cdfs: dict[int, np.ndarray] = {}
         self._instance_photos = [r for r in sources.photos
                                  if str(r.path.resolve()) in sources.instances]
         self._has_objects = bool(sources.objects) or bool(self._instance_photos)
@@ -226,7 +232,18 @@ class PairGenerator:
         return cv2.resize(crop, (out, out), interpolation=interp), (x, y, side, w, h)
 
     def _pick(self, rng: np.random.Generator, recs: list[ImageRecord]) -> ImageRecord:
-        return recs[int(rng.integers(0, len(recs)))]
+        """Draw one record; per-source weights follow `config.source_weighting`."""
+        key = id(recs)
+        cdf = self._cdfs.get(key)
+        if cdf is None:
+            cdf = self._cdfs[key] = _source_cdf(recs, self.config.source_weighting)
+        idx = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+        return recs[min(idx, len(recs) - 1)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cdfs"] = {}  # keyed by id(): rebuilt in the receiving process
+        return state
 
     def _make(self, rng: np.random.Generator, ctype: str) -> ChangePair:
         cfg = self.config
@@ -407,6 +424,17 @@ class PairGenerator:
         with_b, mask_b = objects.paste(removed, sprite_b, cx, cy)
         meta["object_new"] = name_b
         return canvas, with_b, (hole | mask_b).astype(np.uint8)
+
+
+def _source_cdf(recs: list[ImageRecord], mode: str) -> np.ndarray:
+    """Cumulative per-record weights: source weight (1, sqrt n or n) shared by its n files."""
+    counts: dict[str, int] = {}
+    for r in recs:
+        counts[r.source] = counts.get(r.source, 0) + 1
+    per_source = {s: (float(n) if mode == "image" else math.sqrt(n) if mode == "sqrt" else 1.0)
+                  for s, n in counts.items()}
+    w = np.array([per_source[r.source] / counts[r.source] for r in recs], dtype=np.float64)
+    return np.cumsum(w)
 
 
 def _keep_outside(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> np.ndarray:
