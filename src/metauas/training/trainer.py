@@ -68,20 +68,23 @@ class CachedPairs(Dataset):
     Index i maps to pool item perm_e[i mod P] with a fresh permutation per epoch e, so the
     order stays a pure function of the index (exact resume)."""
 
-    def __init__(self, model: MetaUAS, source: Dataset, pool: int, seed: int, batch: int = 16) -> None:
+    def __init__(self, model: MetaUAS, source: Dataset, pool: int, seed: int, batch: int = 16,
+                 num_workers: int = 0) -> None:
+        from torch.utils.data import Subset
+
         self.pool, self.seed = pool, seed
         self.query: list[list[torch.Tensor]] = []
         self.prompt: list[list[torch.Tensor]] = []
         self.masks: list[torch.Tensor] = []
-        for start in range(0, pool, batch):
-            items = [source[i] for i in range(start, min(pool, start + batch))]
-            q = torch.stack([it["query"] for it in items])
-            p = torch.stack([it["prompt"] for it in items])
-            qf, pf = model.encode(q), model.encode(p)
-            for j, it in enumerate(items):
+        # synthesis runs in workers while this process encodes
+        loader = DataLoader(Subset(source, range(pool)), batch_size=batch, num_workers=num_workers,
+                            collate_fn=collate)
+        for items in loader:
+            qf, pf = model.encode(items["query"]), model.encode(items["prompt"])
+            for j in range(len(items["mask"])):
                 self.query.append([f[j].half() for f in qf[1:]])
                 self.prompt.append([f[j].half() for f in pf[1:]])
-                self.masks.append(it["mask"])
+                self.masks.append(items["mask"][j])
 
     def __len__(self) -> int:
         return 1 << 40
@@ -231,7 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
     length = (cfg.steps + 1) * cfg.batch_size * world
     train_set, val_set, data_info = build_datasets(cfg, length)
     if cfg.cache_features:
-        train_set = CachedPairs(model, train_set, cfg.cache_pool, cfg.seed)
+        train_set = CachedPairs(model, train_set, cfg.cache_pool, cfg.seed, num_workers=cfg.num_workers)
     val_pairs = [val_set[i] for i in range(len(val_set))] if is_main else []
     sampler = StepSampler(start_step, cfg.steps, cfg.batch_size, rank, world)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
@@ -324,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
             dist.broadcast(buffer, src=0)
     if step == cfg.steps or stop["flag"]:
         checkpoint(step)
-    if is_main and step == cfg.steps:
+    if is_main and step > start_step:  # finished or stopped on the time budget / SIGTERM
         if not metrics:
             metrics = validate(model, val_pairs, cfg, device)
         export_model(model, run_dir, "last", card(step, metrics))
