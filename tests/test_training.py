@@ -147,3 +147,19 @@ def test_config_yaml_and_overrides(tmp_path):
     path.write_text("stepz: 3\n")
     with pytest.raises(InputError, match="stepz"):
         TrainConfig.from_yaml(path)
+
+
+def test_feature_cache_mode_trains_and_orders_by_index(tmp_path):
+    from metauas.training.toy import ToyChangeDataset
+    from metauas.training.trainer import CachedPairs, build_model_from_config, train
+
+    model = build_model_from_config(TrainConfig(**TINY))
+    cached = CachedPairs(model, ToyChangeDataset(64, 100, 0), pool=6, seed=3)
+    again = CachedPairs(model, ToyChangeDataset(64, 100, 0), pool=6, seed=3)
+    assert all(torch.equal(cached[i]["query"][0], again[i]["query"][0]) for i in range(12))
+    epoch0 = sorted(float(cached[i]["mask"].sum()) for i in range(6))
+    epoch1 = sorted(float(cached[i]["mask"].sum()) for i in range(6, 12))
+    assert epoch0 == epoch1  # every epoch visits the whole pool once
+    summary = train(TrainConfig(run_dir=str(tmp_path), steps=4, cache_features=True, cache_pool=6, **TINY),
+                    progress=False)
+    assert summary["finished"] and (tmp_path / "last.safetensors").is_file()
