@@ -71,12 +71,22 @@ class Segmenter:
         if not prompts:
             raise InputError("at least one prompt image is needed")
         tensors = [to_model_tensor(load_image(p), self.size) for p in prompts]
-        batch = torch.cat(tensors).to(self.device)  # (K,3,S,S)
+        self.set_prompt_tensor(torch.cat(tensors))
+
+    def set_prompt_tensor(self, prompts: torch.Tensor) -> None:
+        """Like `set_prompt` for (K,3,S,S) model-sized float tensors in [0,1] (K prompts)."""
+        if prompts.dim() == 3:
+            prompts = prompts[None]
+        if prompts.dim() != 4 or prompts.shape[0] < 1 or prompts.shape[1] != 3 \
+                or tuple(prompts.shape[-2:]) != (self.size, self.size):
+            raise InputError(f"prompt tensor must be (K,3,{self.size},{self.size}), got {tuple(prompts.shape)}")
+        batch = prompts.to(self.device, torch.float32)
+        net = self.inference_model
         with torch.inference_mode():
-            net = self.inference_model
-            prompt_input = batch[None] if len(tensors) > 1 else prepare_input(net, batch)  # (1,K,3,S,S) or (1,3,S,S)
+            # one prompt: (1,3,S,S); K prompts: (1,K,3,S,S) (k-shot, aligned features averaged)
+            prompt_input = batch[None] if batch.shape[0] > 1 else prepare_input(net, batch)
             self._prompt = net.prepare_prompt(prompt_input)
-        self.num_prompts = len(tensors)
+        self.num_prompts = int(batch.shape[0])
 
     @property
     def prompt_features(self) -> PromptFeatures:
