@@ -112,3 +112,25 @@ def test_synth_command_bad_inputs_exit_2(tree: dict[str, Path], tmp_path: Path,
     assert cli_main(["synth", "--images", str(tree["photos"]), "--max-rotation", "500", "-n", "2",
                      "--out", str(tmp_path / "o")]) == 2
     assert "max_rotation" in capsys.readouterr().err
+
+
+def test_synth_command_with_coco_masks_only(tree: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "coco"
+    assert cli_main(["synth", "--images", str(tree["photos"]), "--masks", str(tree["masks"]),
+                     "-n", "4", "--out", str(out), "--size", str(SIZE),
+                     "--types", "object_disappear,object_exchange", "--no-change-rate", "0"]) == 0
+    rows = list(csv.DictReader((out / "pairs.csv").open()))
+    assert {r["change_type"] for r in rows} <= {"object_disappear", "object_exchange"}
+    for r in rows:
+        assert np.asarray(Image.open(out / "pairs" / r["id"] / "mask.png")).max() == 255
+
+
+def test_config_round_trip_and_unknown_keys() -> None:
+    from metauas.errors import InputError
+
+    cfg = SynthesisConfig(size=128, max_rotation=10.0, scale_range=(0.9, 1.1))
+    again = SynthesisConfig.from_dict({k: (list(v) if isinstance(v, tuple) else v)
+                                       for k, v in cfg.to_dict().items()})
+    assert again == cfg
+    with pytest.raises(InputError, match="unknown synthesis options: rotation"):
+        SynthesisConfig.from_dict({"rotation": 5})
