@@ -528,3 +528,23 @@ def test_alignment_memory_grows_linearly(tmp_path):
     grown_mb, shape = proc.stdout.split(" ", 1)
     assert shape.strip() == "(1, 16, 128, 128)"
     assert float(grown_mb) < 300, f"alignment grew RSS by {grown_mb} MiB"
+
+
+def test_fast_path_matches_the_official_reference(official_model, official_dir):
+    """Cached prompt + optimized copy on the official architecture (fill.py weights) against
+    the official forward pass at 256 and 512: probabilities within 1e-4, logits 2e-4."""
+    from metauas.inference.segmenter import Segmenter
+
+    segmenter = Segmenter(official_model, size=256, optimize=True)
+    ref = np.load(official_dir / "ref_256.npz")
+    for i in range(ref["query"].shape[0]):
+        segmenter.set_prompt_tensor(torch.from_numpy(ref["prompt"][i:i + 1]))
+        out = segmenter.predict_tensor(torch.from_numpy(ref["query"][i:i + 1]))
+        assert float(np.abs(out.numpy() - ref["output"][i:i + 1]).max()) < 1e-4
+    fast = segmenter.inference_model
+    ref = np.load(official_dir / "ref_512.npz")
+    with torch.inference_mode():
+        logits = fast.logits(prepare_input(fast, torch.from_numpy(ref["query"])),
+                             prepare_input(fast, torch.from_numpy(ref["prompt"])))
+    assert float(np.abs(logits.numpy() - ref["logits"]).max()) < 2e-4
+    assert float(np.abs(torch.sigmoid(logits).numpy() - ref["output"]).max()) < 1e-4
