@@ -1,0 +1,83 @@
+"""CLI: `metauas serve` (the local web app, see docs/web.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from metauas.errors import InputError, MetaUASError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from metauas.inference.commands import _add_model_options, _probability
+
+    serve = subparsers.add_parser(
+        "serve", help="local web page + JSON API for segmenting uploaded images",
+        description="Starts a local web app (FastAPI + uvicorn): open http://HOST:PORT/ in a browser; "
+                    "the JSON API is documented in docs/web.md and at /api/docs.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, local only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    _add_model_options(serve)
+    serve.add_argument("--threshold", type=_probability, default=None,
+                       help="default decision threshold (else: stored calibration for the uploaded prompt)")
+    serve.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted file (MiB, default 10)")
+    serve.add_argument("--max-request-mb", type=float, default=50.0, help="largest request body (MiB, default 50)")
+    serve.add_argument("--max-queries", type=int, default=16, help="query images per request (default 16)")
+    serve.set_defaults(func=run_serve)
+
+
+def build_service(args: argparse.Namespace, shots: int = 1):
+    """Segmenter + limits from the command line (shared with the tests)."""
+    from metauas.inference.commands import build_engine
+    from metauas.web.app import SegmentService, WebConfig
+
+    if args.max_file_mb <= 0 or args.max_request_mb <= 0 or args.max_queries < 1:
+        raise InputError("limits must be positive")
+    config = WebConfig(max_file_mb=args.max_file_mb, max_request_mb=args.max_request_mb,
+                       max_queries=args.max_queries, threshold=args.threshold)
+    if args.backend == "onnxruntime":
+        config.max_prompts = shots  # an ONNX export is built for a fixed number of prompts
+    engine = build_engine(args, shots=shots)
+    return SegmentService(engine.segmenter, engine.model_name, engine.digest, engine.backend,
+                          engine.model_ref, config)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line before loading the model when the address is taken."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve --host {host}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from metauas.web.app import create_app
+    except ImportError as exc:
+        raise MetaUASError(f"the web app needs fastapi, uvicorn and python-multipart "
+                           f"(pip install 'metauas[web]'): {exc}") from None
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be between 1 and 65535, got {args.port}")
+    _check_port_free(args.host, args.port)
+    service = build_service(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"metauas: WARNING: listening on {args.host}: anyone who can reach this address can use the app",
+              file=sys.stderr)
+    print(f"metauas: serving {service.model_name} ({service.backend}, size {service.segmenter.size}) at "
+          f"http://{args.host}:{args.port}/  (Ctrl+C to stop)", file=sys.stderr)
+    try:
+        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    except OSError as exc:
+        raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
