@@ -16,7 +16,6 @@ import uuid
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -124,6 +124,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser, prefix: str) -> No
                         help="ground-truth masks of the bad images (same stem or <stem>_mask): "
                              "the pixel threshold then maximises pixel F1")
     parser.add_argument(f"--{prefix}quantile" if prefix else "--quantile", type=_probability, default=0.99,
+                        metavar="Q",
                         help="good images only: image threshold = this quantile of good scores (0.99)")
 
 
