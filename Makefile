@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/metauas segment --prompt examples/prompt.png --query examples/query.png --out demo_out
+	$(VENV)/bin/metauas segment --prompt src/metauas/examples/prompt.png --query src/metauas/examples/query.png --out demo_out --overwrite
 	@echo "Heatmaps written to demo_out/"
 
 test: setup

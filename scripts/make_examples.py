@@ -1,4 +1,4 @@
-"""Regenerate the bundled example pair (examples/) from scikit-image's CC0 `brick` image."""
+"""Regenerate the bundled example pair (src/metauas/examples/) from scikit-image's CC0 `brick` image."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-OUT = Path(__file__).resolve().parents[1] / "examples"
+OUT = Path(__file__).resolve().parents[1] / "src" / "metauas" / "examples"
 
 
 def main() -> None:

@@ -406,8 +406,9 @@ def test_cli_refuses_a_bad_model_file_with_one_line(tmp_path):
         from metauas.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
-    cmd = [sys.executable, "-c", code, "segment", "--model", str(bad), "--prompt", str(REPO / "examples/prompt.png"),
-           "--query", str(REPO / "examples/query.png"), "--out", str(tmp_path / "out")]
+    examples = REPO / "src" / "metauas" / "examples"
+    cmd = [sys.executable, "-c", code, "segment", "--model", str(bad), "--prompt", str(examples / "prompt.png"),
+           "--query", str(examples / "query.png"), "--out", str(tmp_path / "out")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
