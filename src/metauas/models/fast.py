@@ -13,6 +13,8 @@ layout) with these exact-maths rewrites, each of which changes only float roundi
   nearest upsampling each output pixel parity sees only 2x2 distinct source pixels, so the
   3x3 taps that read the same source pixel can be summed beforehand. Used for the last UNet
   block, which has no skip connection (2.25x fewer multiply-adds in its largest conv).
+* 1x1 convolutions on pooled (B,C,1,1) maps (squeeze-excite gates of the encoder and of
+  SCSE) as matrix-vector products: same sums, without the convolution call overhead.
 * channels_last memory format, which oneDNN convolutions run faster on CPUs.
 * Soft-alignment attention without subnormal numbers: scores more than 64 below their row
   maximum are raised to max - 64 before the softmax. Their weights were < e^-64 ~ 1.6e-28 and
@@ -158,6 +160,33 @@ class FastFinalBlock(nn.Module):
         return self.attention2(self.conv2(self.rest1(self.up_conv(x))))
 
 
+class PooledLinear(nn.Module):
+    """A 1x1 convolution applied to globally pooled (B,C,1,1) features, as F.linear."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1) or conv.padding != (0, 0):
+            raise ValueError("PooledLinear needs a plain 1x1 convolution")
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (1, 1):
+            return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+        return F.linear(x.flatten(1), self.weight, self.bias)[:, :, None, None]
+
+
+def _pooled_convs_to_linear(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, MBConvBlock) and module.has_se:
+            module._se_reduce = PooledLinear(module._se_reduce)
+            module._se_expand = PooledLinear(module._se_expand)
+        if isinstance(module, SCSE):
+            for i in (1, 3):  # cSE = pool, conv, ReLU, conv, sigmoid
+                if isinstance(module.cSE[i], nn.Conv2d):
+                    module.cSE[i] = PooledLinear(module.cSE[i])
+
+
 # exp(-64) / 16384 positions ~ 1e-32: far above float32's smallest normal number (1.2e-38).
 SCORE_FLOOR = 64.0
 
@@ -193,6 +222,7 @@ def optimize_for_inference(model: MetaUAS, channels_last: bool = True, subpixel:
     """
     fast = fold_batchnorm(model)
     assert isinstance(fast, MetaUAS)
+    _pooled_convs_to_linear(fast)
     if fuse_scse:
         for module in fast.modules():
             if isinstance(module, Attention) and isinstance(module.attention, SCSE):
