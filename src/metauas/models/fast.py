@@ -15,6 +15,9 @@ layout) with these exact-maths rewrites, each of which changes only float roundi
   block, which has no skip connection (2.25x fewer multiply-adds in its largest conv).
 * 1x1 convolutions on pooled (B,C,1,1) maps (squeeze-excite gates of the encoder and of
   SCSE) as matrix-vector products: same sums, without the convolution call overhead.
+* In-place activations, squeeze-excite gating and residual adds in the encoder blocks and
+  in-place SCSE products: after folding, each of these acts on a fresh tensor that nothing
+  else reads, so overwriting it is safe and saves an allocation and a memory pass.
 * channels_last memory format, which oneDNN convolutions run faster on CPUs.
 * Soft-alignment attention without subnormal numbers: scores more than 64 below their row
   maximum are raised to max - 64 before the softmax. Their weights were < e^-64 ~ 1.6e-28 and
@@ -93,7 +96,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 class FusedSCSE(nn.Module):
-    """SCSE computed as x * (cSE(x) + sSE(x)); shares the original's convolutions."""
+    """SCSE computed as x * (cSE(x) + sSE(x)), in place; shares the original's convolutions.
+
+    Only used where x is a temporary (the concatenation, or a conv-BN-ReLU output).
+    """
 
     def __init__(self, scse: SCSE) -> None:
         super().__init__()
@@ -101,7 +107,45 @@ class FusedSCSE(nn.Module):
         self.sSE = scse.sSE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (self.cSE(x) + self.sSE(x))
+        return x.mul_(self.cSE(x) + self.sSE(x))
+
+
+def _inplace(act):
+    if act is F.silu:
+        return lambda x: F.silu(x, inplace=True)
+    if act is F.relu6:
+        return lambda x: F.relu6(x, inplace=True)
+    return act
+
+
+class FastMBConv(nn.Module):
+    """MBConv forward of a BN-folded block with in-place activation, gating and skip add."""
+
+    def __init__(self, block: MBConvBlock) -> None:
+        super().__init__()
+        if any(isinstance(m, nn.BatchNorm2d) for m in block.children()):
+            raise ValueError("fold BatchNorm before building FastMBConv")
+        self.expand = block.expand
+        if block.expand != 1:
+            self._expand_conv = block._expand_conv
+        self._depthwise_conv = block._depthwise_conv
+        self.has_se = block.has_se
+        if block.has_se:
+            self._se_reduce = block._se_reduce
+            self._se_expand = block._se_expand
+        self._project_conv = block._project_conv
+        self.use_skip = block.use_skip
+        self.act = block.act
+        self.act_ = _inplace(block.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act_(self._expand_conv(x)) if self.expand != 1 else x
+        y = self.act_(self._depthwise_conv(y))  # a fresh tensor even when expand == 1
+        if self.has_se:
+            gate = self._se_expand(self.act_(self._se_reduce(y.mean(dim=(2, 3), keepdim=True))))
+            y = y.mul_(gate.sigmoid_())
+        y = self._project_conv(y)
+        return y.add_(x) if self.use_skip else y
 
 
 class UpsampleConv3x3(nn.Module):
@@ -132,15 +176,22 @@ class UpsampleConv3x3(nn.Module):
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
         self.bias = nn.Parameter(bias.repeat(4).to(conv.weight.dtype), requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """Optionally applies ReLU while interleaving the phases (one pass instead of two)."""
         b, _, h, w = x.shape
         o = self.out_channels
         y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (B, 4*O, h+1, w+1)
-        out = y.new_empty((b, h, 2, w, 2, o))  # channels-last layout of (B, O, 2h, 2w)
-        for index, (a, c) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            phase = y[:, index * o:(index + 1) * o, a:a + h, c:c + w]  # (B, O, h, w)
-            out[:, :, a, :, c, :] = phase.permute(0, 2, 3, 1)
-        return out.view(b, 2 * h, 2 * w, o).permute(0, 3, 1, 2)
+        y = y.contiguous(memory_format=torch.channels_last)  # memory order [b][i][j][phase][o]
+        # Output pixel (2i+a, 2j+c), channel k, is y[b, (2a+c)*O + k, i+a, j+c]: an affine
+        # function of (i, a, j, c, k), so the interleaved map is a strided view of y.
+        sb, _, si, sj = y.stride()
+        view = y.as_strided((b, h, 2, w, 2, o), (sb, si, si + 2 * o, sj, sj + o, 1), y.storage_offset())
+        out = y.new_empty((b, h, 2, w, 2, o))
+        if relu:
+            torch.clamp_min(view, 0.0, out=out)
+        else:
+            out.copy_(view)
+        return out.view(b, 2 * h, 2 * w, o).permute(0, 3, 1, 2)  # (B, O, 2h, 2w), channels_last
 
 
 class FastFinalBlock(nn.Module):
@@ -153,11 +204,17 @@ class FastFinalBlock(nn.Module):
             raise ValueError("fold BatchNorm before building FastFinalBlock")
         self.up_conv = UpsampleConv3x3(conv1)
         self.rest1 = rest1
+        layers = [m for m in rest1 if not isinstance(m, nn.Identity)]
+        self.relu_first = len(layers) == 1 and isinstance(layers[0], nn.ReLU)
         self.conv2 = block.conv2
         self.attention2 = block.attention2
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        return self.attention2(self.conv2(self.rest1(self.up_conv(x))))
+        if self.relu_first:  # conv1 -> (folded BN) -> ReLU: apply the ReLU while interleaving
+            y = self.up_conv(x, relu=True)
+        else:
+            y = self.rest1(self.up_conv(x))
+        return self.attention2(self.conv2(y))
 
 
 class PooledLinear(nn.Module):
@@ -202,6 +259,24 @@ class FastAlignment(Alignment):
             fast.alignment_layer = align.alignment_layer
         return fast
 
+    def _align_one(self, query: torch.Tensor, prompt: torch.Tensor,
+                   prompt_keys: torch.Tensor | None) -> torch.Tensor:
+        """Same maths as Alignment._align_one, on position-major (channels_last) views, so no
+        layout copies are needed and the result comes out channels_last for the decoder."""
+        if self.kind == "na":
+            return super()._align_one(query, prompt, prompt_keys)
+        b, c, h, w = query.shape
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # (B,C,h,w) -> (B, h*w, C); a view if channels_last
+            return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1])
+
+        q = rows(self.reduce(query))  # (B, hw, d)
+        k = rows(self.reduce(prompt) if prompt_keys is None else prompt_keys).transpose(1, 2)  # (B, d, n)
+        v = rows(prompt)  # (B, n, C)
+        chunks = [self._attend(q_part, k, v) for q_part in q.split(self.chunk_size, dim=1)]
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)  # (B, hw, C)
+        return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.kind == "ha" and not torch.is_grad_enabled():  # argmax match, no softmax needed
             index = torch.bmm(q, k).argmax(dim=-1, keepdim=True)
@@ -223,6 +298,10 @@ def optimize_for_inference(model: MetaUAS, channels_last: bool = True, subpixel:
     fast = fold_batchnorm(model)
     assert isinstance(fast, MetaUAS)
     _pooled_convs_to_linear(fast)
+    blocks = fast.encoder._blocks
+    for i, block in enumerate(blocks):
+        if isinstance(block, MBConvBlock):
+            blocks[i] = FastMBConv(block)
     if fuse_scse:
         for module in fast.modules():
             if isinstance(module, Attention) and isinstance(module.attention, SCSE):
