@@ -163,3 +163,21 @@ def test_feature_cache_mode_trains_and_orders_by_index(tmp_path):
     summary = train(TrainConfig(run_dir=str(tmp_path), steps=4, cache_features=True, cache_pool=6, **TINY),
                     progress=False)
     assert summary["finished"] and (tmp_path / "last.safetensors").is_file()
+
+
+def test_safetensors_without_encoder_reloads_it_from_the_package(tmp_path):
+    from metauas.errors import CheckpointError
+    from metauas.models import build_model, load_checkpoint, save_safetensors
+    from metauas.models.checkpoint import read_safetensors
+
+    model = build_model("efficientnet-lite0", pretrained=True, image_size=64).eval()
+    path = save_safetensors(model, tmp_path / "m.safetensors", encoder_from_package=True)
+    state, _ = read_safetensors(path)
+    assert state and not any(k.startswith("encoder.") for k in state)
+    loaded = load_checkpoint(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    with torch.no_grad():
+        model.encoder._conv_stem.weight.add_(1.0)
+    with pytest.raises(CheckpointError, match="differs"):
+        save_safetensors(model, tmp_path / "bad.safetensors", encoder_from_package=True)

