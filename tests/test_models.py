@@ -27,8 +27,8 @@ from metauas.models import (MetaUAS, ModelConfig, build_encoder, build_model, lo
                             load_official_checkpoint, official_metauas, save_safetensors)
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment
 from metauas.models.encoders import ENCODERS, pretrained_weights_path
-from metauas.models.fast import (FastAlignment, UpsampleConv3x3, fold_batchnorm,
-                                 optimize_for_inference, prepare_input)
+from metauas.models.fast import (FastAlignment, PackedConv2d, UpsampleConv3x3, fold_batchnorm,
+                                 optimize_for_inference, packed_convolutions_available, prepare_input)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -484,6 +484,42 @@ def test_upsample_conv_equals_conv_of_nearest_upsample(hw):
     assert float((got - expected).abs().max()) <= 1e-5
     with pytest.raises(ValueError):
         UpsampleConv3x3(torch.nn.Conv2d(6, 5, 3, padding=1, stride=2))
+
+
+@pytest.mark.parametrize("activation", [None, "silu", "relu", "relu6"])
+def test_packed_convolution_equals_conv_for_any_size(activation):
+    """One packed weight serves every input size and batch; TF-same stride-2 padding included."""
+    from metauas.models.efficientnet import SameConv2d
+
+    torch.manual_seed(9)
+    eager_act = {None: lambda y: y, "silu": F.silu, "relu": F.relu, "relu6": F.relu6}[activation]
+    convs = [torch.nn.Conv2d(6, 10, 3, padding=1), torch.nn.Conv2d(6, 10, 1),
+             SameConv2d(6, 6, 5, stride=2, groups=6), SameConv2d(6, 10, 3, stride=2)]
+    for conv in convs:
+        packed = PackedConv2d.from_conv(conv, activation)
+        for shape in ((1, 6, 16, 16), (3, 6, 17, 9), (2, 6, 8, 31)):
+            x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                expected = eager_act(conv(x))
+                got = packed(x)
+            assert got.shape == expected.shape
+            assert float((got - expected).abs().max()) <= 1e-5
+    clone = copy.deepcopy(packed)  # the packed cache is not copied, recomputed on use
+    with torch.no_grad():
+        assert float((clone(x) - packed(x)).abs().max()) == 0.0
+    x.requires_grad_(True)  # gradients wanted: the eager fallback runs and backpropagates
+    packed(x).sum().backward()
+    expected_grad = torch.autograd.grad(eager_act(convs[-1](x)).sum(), x)[0]
+    assert float((x.grad - expected_grad).abs().max()) <= 1e-5
+
+
+def test_packed_path_is_used_where_available():
+    fast = optimize_for_inference(tiny_model())
+    packed = [m for m in fast.modules() if isinstance(m, PackedConv2d)]
+    assert bool(packed) == packed_convolutions_available()
+    assert not any(type(m) is torch.nn.Conv2d for m in fast.modules()) or not packed
+    plain = optimize_for_inference(tiny_model(), pack=False)
+    assert not any(isinstance(m, PackedConv2d) for m in plain.modules())
 
 
 def test_fast_alignment_matches_on_peaked_attention_without_subnormals():

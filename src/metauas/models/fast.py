@@ -18,6 +18,11 @@ layout) with these exact-maths rewrites, each of which changes only float roundi
 * In-place activations, squeeze-excite gating and residual adds in the encoder blocks and
   in-place SCSE products: after folding, each of these acts on a fresh tensor that nothing
   else reads, so overwriting it is safe and saves an allocation and a memory pass.
+* Convolution weights pre-packed once into oneDNN's blocked layout, with the following
+  activation (SiLU / ReLU / ReLU6) fused into the convolution; eager PyTorch re-lays-out the
+  weights on every call (measured: 17.4 -> 10.8 ms for the 1216->256 3x3 conv at 16x16).
+  This uses the `torch.ops.mkldnn._convolution_pointwise` kernels that torch.compile's CPU
+  backend uses; they are self-checked against F.conv2d once and skipped when unavailable.
 * channels_last memory format, which oneDNN convolutions run faster on CPUs.
 * Soft-alignment attention without subnormal numbers: scores more than 64 below their row
   maximum are raised to max - 64 before the softmax. Their weights were < e^-64 ~ 1.6e-28 and
@@ -38,7 +43,7 @@ from torch import nn
 
 from metauas.models.alignment import Alignment
 from metauas.models.decoder import SCSE, Attention, DecoderBlock
-from metauas.models.efficientnet import EfficientNet, MBConvBlock
+from metauas.models.efficientnet import EfficientNet, MBConvBlock, SameConv2d, tf_same_padding
 from metauas.models.metauas import MetaUAS
 
 # (conv attribute, batch-norm attribute) pairs whose forward is bn(conv(x)), per module type.
@@ -110,6 +115,109 @@ class FusedSCSE(nn.Module):
         return x.mul_(self.cSE(x) + self.sSE(x))
 
 
+_PACKED_OK: bool | None = None
+# activation name -> (oneDNN post-op, scalars, eager equivalent)
+_POST_OPS = {
+    None: ("none", [], lambda y: y),
+    "silu": ("swish", [], lambda y: F.silu(y, inplace=True)),
+    "relu": ("relu", [], lambda y: F.relu(y, inplace=True)),
+    "relu6": ("hardtanh", [0.0, 6.0], lambda y: F.hardtanh(y, 0.0, 6.0, inplace=True)),
+}
+
+
+def packed_convolutions_available() -> bool:
+    """Whether oneDNN pre-packed convolutions exist here and agree with F.conv2d (checked once)."""
+    global _PACKED_OK
+    if _PACKED_OK is None:
+        try:
+            ok = torch.backends.mkldnn.is_available()
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 8, 9, 7, generator=g).contiguous(memory_format=torch.channels_last)
+            for groups in (1, 8):
+                conv = PackedConv2d(torch.randn(8, 8 // groups, 3, 3, generator=g), torch.randn(8, generator=g),
+                                    padding=(1, 1), groups=groups)
+                for act in _POST_OPS:
+                    conv.activation = act
+                    expected = _POST_OPS[act][2](F.conv2d(x, conv.weight, conv.bias, padding=1, groups=groups))
+                    got = conv._packed_forward(x)
+                    ok = ok and got.shape == expected.shape and float((got - expected).abs().max()) < 1e-5
+        except (RuntimeError, AttributeError, NotImplementedError):
+            ok = False
+        _PACKED_OK = bool(ok)
+    return _PACKED_OK
+
+
+class PackedConv2d(nn.Module):
+    """A convolution (+ optional fused activation) running on weights packed once for oneDNN.
+
+    Falls back to F.conv2d + activation for inputs the packed kernel does not take (not CPU,
+    not float32, gradients wanted) or when packed kernels are unavailable. The packed weight
+    works for any input size and batch (checked in tests); it is cached, not saved.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), groups: int = 1, same_pad: bool = False, activation: str | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        if bias is None:
+            bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
+        self.groups = groups
+        self.same_pad = same_pad  # TF "same" padding computed from the input size (stride > 1)
+        self.activation = activation
+        self._packed: tuple | None = None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str | None = None) -> "PackedConv2d":
+        if not isinstance(conv.padding, tuple):
+            raise ValueError("string padding is not supported")
+        same_pad = isinstance(conv, SameConv2d) and conv.stride[0] > 1
+        return cls(conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                   same_pad, activation)
+
+    def __getstate__(self) -> dict:  # deepcopy / pickle: drop the packed cache
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_packed"] = None
+        return state
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.same_pad:
+            return x
+        kh, kw = self.weight.shape[-2:]
+        top, bottom = tf_same_padding(x.shape[-2], kh, self.stride[0])
+        left, right = tf_same_padding(x.shape[-1], kw, self.stride[1])
+        return F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x
+
+    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight.device, self.weight.dtype)
+        if self._packed is None or self._packed[0] != key:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight.contiguous(), self.padding, self.stride, self.dilation, self.groups, list(x.shape))
+            self._packed = (key, packed)
+        attr, scalars, _ = _POST_OPS[self.activation]
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.contiguous(memory_format=torch.channels_last), self._packed[1], self.bias, self.padding,
+            self.stride, self.dilation, self.groups, attr, scalars, "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pad(x)
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+                and not (torch.is_grad_enabled() and x.requires_grad) and packed_convolutions_available()):
+            return self._packed_forward(x)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return _POST_OPS[self.activation][2](y)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _act_name(act) -> str | None:
+    return {F.silu: "silu", F.relu6: "relu6"}.get(act)
+
+
 def _inplace(act):
     if act is F.silu:
         return lambda x: F.silu(x, inplace=True)
@@ -121,14 +229,17 @@ def _inplace(act):
 class FastMBConv(nn.Module):
     """MBConv forward of a BN-folded block with in-place activation, gating and skip add."""
 
-    def __init__(self, block: MBConvBlock) -> None:
+    def __init__(self, block: MBConvBlock, pack: bool = False) -> None:
         super().__init__()
         if any(isinstance(m, nn.BatchNorm2d) for m in block.children()):
             raise ValueError("fold BatchNorm before building FastMBConv")
         self.expand = block.expand
+        name = _act_name(block.act)
+        fuse = pack and name is not None
+        wrap = (lambda conv: PackedConv2d.from_conv(conv, name)) if fuse else (lambda conv: conv)
         if block.expand != 1:
-            self._expand_conv = block._expand_conv
-        self._depthwise_conv = block._depthwise_conv
+            self._expand_conv = wrap(block._expand_conv)
+        self._depthwise_conv = wrap(block._depthwise_conv)
         self.has_se = block.has_se
         if block.has_se:
             self._se_reduce = block._se_reduce
@@ -137,10 +248,11 @@ class FastMBConv(nn.Module):
         self.use_skip = block.use_skip
         self.act = block.act
         self.act_ = _inplace(block.act)
+        self.conv_act = _identity if fuse else self.act_  # activation after expand/depthwise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act_(self._expand_conv(x)) if self.expand != 1 else x
-        y = self.act_(self._depthwise_conv(y))  # a fresh tensor even when expand == 1
+        y = self.conv_act(self._expand_conv(x)) if self.expand != 1 else x
+        y = self.conv_act(self._depthwise_conv(y))  # a fresh tensor even when expand == 1
         if self.has_se:
             gate = self._se_expand(self.act_(self._se_reduce(y.mean(dim=(2, 3), keepdim=True))))
             y = y.mul_(gate.sigmoid_())
@@ -172,15 +284,18 @@ class UpsampleConv3x3(nn.Module):
                     torch.stack([r[..., 0] + r[..., 1], r[..., 2]], dim=-1)]
             phases.extend(cols)  # order (a, b): (0,0), (0,1), (1,0), (1,1)
         self.out_channels = conv.out_channels
-        self.weight = nn.Parameter(torch.cat(phases, dim=0).to(conv.weight.dtype), requires_grad=False)
+        self.conv = nn.Conv2d(conv.in_channels, 4 * conv.out_channels, 2, bias=True)  # phases (a, c) stacked
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-        self.bias = nn.Parameter(bias.repeat(4).to(conv.weight.dtype), requires_grad=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat(phases, dim=0))
+            self.conv.bias.copy_(bias.repeat(4))
+        self.conv.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         """Optionally applies ReLU while interleaving the phases (one pass instead of two)."""
         b, _, h, w = x.shape
         o = self.out_channels
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)  # (B, 4*O, h+1, w+1)
+        y = self.conv(F.pad(x, (1, 1, 1, 1)))  # (B, 4*O, h+1, w+1)
         y = y.contiguous(memory_format=torch.channels_last)  # memory order [b][i][j][phase][o]
         # Output pixel (2i+a, 2j+c), channel k, is y[b, (2a+c)*O + k, i+a, j+c]: an affine
         # function of (i, a, j, c, k), so the interleaved map is a strided view of y.
@@ -288,8 +403,34 @@ class FastAlignment(Alignment):
         return torch.bmm(torch.softmax(scores, dim=-1), v)
 
 
+def _pack_convolutions(fast: MetaUAS) -> None:
+    """Fuse ReLU/SiLU into the convolution before them, then pack every remaining conv."""
+    encoder = fast.encoder
+    name = _act_name(encoder.act)
+    if name is not None:  # stem conv -> (folded BN) -> activation
+        encoder._conv_stem = PackedConv2d.from_conv(encoder._conv_stem, name)
+        encoder.act = _identity
+    for module in fast.decoder.modules():  # conv -> (folded BN) -> ReLU
+        if isinstance(module, nn.Sequential):
+            layers = list(module)
+            real = [(i, m) for i, m in enumerate(layers) if not isinstance(m, nn.Identity)]
+            for (i, conv), (j, act) in zip(real, real[1:]):
+                if type(conv) is nn.Conv2d and isinstance(act, nn.ReLU):
+                    module[i] = PackedConv2d.from_conv(conv, "relu")
+                    module[j] = nn.Identity()
+
+    def replace(parent: nn.Module) -> None:
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, child_name, PackedConv2d.from_conv(child))
+            elif not isinstance(child, PackedConv2d):
+                replace(child)
+
+    replace(fast)
+
+
 def optimize_for_inference(model: MetaUAS, channels_last: bool = True, subpixel: bool = True,
-                           fuse_scse: bool = True) -> MetaUAS:
+                           fuse_scse: bool = True, pack: bool = True) -> MetaUAS:
     """An eval-mode copy of `model` with the rewrites above; the original is left untouched.
 
     The copy is for inference only (its parameters do not require gradients and its state
@@ -298,10 +439,11 @@ def optimize_for_inference(model: MetaUAS, channels_last: bool = True, subpixel:
     fast = fold_batchnorm(model)
     assert isinstance(fast, MetaUAS)
     _pooled_convs_to_linear(fast)
+    pack = pack and packed_convolutions_available()
     blocks = fast.encoder._blocks
     for i, block in enumerate(blocks):
         if isinstance(block, MBConvBlock):
-            blocks[i] = FastMBConv(block)
+            blocks[i] = FastMBConv(block, pack=pack)
     if fuse_scse:
         for module in fast.modules():
             if isinstance(module, Attention) and isinstance(module.attention, SCSE):
@@ -313,6 +455,8 @@ def optimize_for_inference(model: MetaUAS, channels_last: bool = True, subpixel:
         for i, block in enumerate(blocks):
             if isinstance(block, DecoderBlock) and not block.has_skip:
                 blocks[i] = FastFinalBlock(block)
+    if pack:
+        _pack_convolutions(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
     if channels_last:
@@ -320,6 +464,7 @@ def optimize_for_inference(model: MetaUAS, channels_last: bool = True, subpixel:
     fast.eval()
     fast.optimized_for_inference = True  # type: ignore[attr-defined]
     fast.prefers_channels_last = channels_last  # type: ignore[attr-defined]
+    fast.packed_convolutions = pack  # type: ignore[attr-defined]
     return fast
 
 
