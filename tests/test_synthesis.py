@@ -12,7 +12,6 @@ import pytest
 from metauas.errors import InputError
 from metauas.synthesis import (
     ALL_TYPES,
-    CHANGE_TYPES,
     LOCAL_TYPES,
     OBJECT_TYPES,
     ImageSources,

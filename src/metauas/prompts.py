@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metauas.atomic import atomic_write
 from metauas.errors import InputError
 
 __all__ = [
@@ -101,9 +101,9 @@ class DescriptorCache:
             except (OSError, ValueError, KeyError):
                 pass  # unreadable cache: recompute
         desc = describe(paths).detach().float().cpu()
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{safe}.", suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, desc=desc.numpy(), paths=json.dumps([str(p) for p in paths]))
-        os.replace(tmp, file)
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, desc=desc.numpy(), paths=json.dumps([str(p) for p in paths]))
+
+        atomic_write(file, write)
         return desc

@@ -15,14 +15,13 @@ The numbers this tree produces say nothing about real-benchmark accuracy.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from metauas.atomic import atomic_write_text as _atomic_text
 from metauas.data.samples import BenchmarkData
 from metauas.errors import InputError
 
@@ -174,14 +173,6 @@ def make_mvtec_dataset(cfg: MakeDatasetConfig) -> Path:
             _write_png(cdir / "test" / kind / f"{j:03d}.png", img)
             _write_png(cdir / "ground_truth" / kind / f"{j:03d}_mask.png", mask.astype(np.uint8) * 255)
     return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_metauas_meta(data: BenchmarkData, meta_dir: str | Path, seeds: tuple[int, ...] = (1, 3, 5, 7, 9),

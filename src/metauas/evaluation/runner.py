@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metauas.atomic import atomic_write_text as _atomic_write_text
 from metauas.data import BenchmarkData, CategoryData, Sample, load_mask, open_dataset
 from metauas.errors import InputError
 from metauas.evaluation.patchmatch import patchmatch_map
@@ -100,18 +99,6 @@ class EvalConfig:
 
 
 # --------------------------------------------------------------------------- I/O helpers
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _json_safe(x: Any) -> Any:
@@ -403,7 +390,7 @@ def write_reports(out: Path, report: dict) -> None:
         f"- protocol: **{PROTOCOL_LABEL[cfg['protocol']]}**",
         f"- seeds: {', '.join(report['per_seed'])}" + (" (deterministic prompts: one run)"
                                                         if cfg["prompt"] in ("best", "best+") else ""),
-        f"- values in %; " + ("mean ± std over seeds (population std); " if with_std else "")
+        "- values in %; " + ("mean ± std over seeds (population std); " if with_std else "")
         + "Mean = average over categories",
         "",
         "| Category | " + " | ".join(METRIC_NAMES) + " |",

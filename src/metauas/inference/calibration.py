@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from metauas.atomic import atomic_write_text
 from metauas.errors import InputError
 
 STORE_VERSION = 1
@@ -296,16 +296,7 @@ def save_thresholds(thresholds: Thresholds, path: Path) -> Path:
     entries = [e for e in _read_store(path) if _key(e) != _key(thresholds.to_dict())]
     entries.append(thresholds.to_dict())
     payload = json.dumps({"version": STORE_VERSION, "entries": entries}, indent=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_text(path, payload)
 
 
 def load_thresholds(path: Path, model_digest: str | None = None, size: int | None = None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from metauas.atomic import atomic_write_text as _atomic_text
 from metauas.errors import InputError, MetaUASError
 
 UNTRAINED_NAME = "untrained-lite0"
@@ -202,17 +203,6 @@ def prepare_output_dir(out: Path, planned: Sequence[str], overwrite: bool) -> No
             more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
             raise InputError(f"{out} already holds results ({clashes[0]}{more}); use --overwrite to replace "
                              "them or choose another --out")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ============================================================================ models

@@ -8,28 +8,19 @@ pixels per side so an enormous query does not produce a gigantic picture.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from metauas.atomic import atomic_write_bytes
 
 OVERLAY_MAX_SIDE = 2048
 
 
 def _atomic_imwrite(path: Path, image: np.ndarray) -> None:
     """Encode to PNG in memory, write a temporary file beside the target, then rename."""
-    path = Path(path)
-    data = encode_png(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, encode_png(image))
 
 
 def encode_png(image: np.ndarray) -> bytes:

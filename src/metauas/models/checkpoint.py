@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from metauas.atomic import atomic_write
 from metauas.errors import CheckpointError
 from metauas.models.metauas import OFFICIAL_CONFIG, MetaUAS, ModelConfig
 
@@ -144,22 +144,6 @@ def load_checkpoint(path: str | os.PathLike) -> MetaUAS:
     raise CheckpointError(f"{path}: unknown checkpoint type (use .safetensors, .ckpt, .pt or .pth)")
 
 
-def atomic_write_bytes(path: Path, writer) -> None:
-    """Write through a temporary file in the same folder, then rename (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_safetensors(model: MetaUAS, path: str | os.PathLike, half: bool = False,
                      extra_metadata: Mapping[str, str] | None = None,
                      encoder_from_package: bool = False) -> Path:
@@ -189,5 +173,5 @@ def save_safetensors(model: MetaUAS, path: str | os.PathLike, half: bool = False
             continue
         v = v.detach().cpu().contiguous()
         state[k] = v.half() if half and v.is_floating_point() else v
-    atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path

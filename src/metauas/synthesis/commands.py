@@ -13,33 +13,19 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from metauas.atomic import atomic_write_bytes
 from metauas.errors import InputError
 
 PREVIEW_ROWS = 8
 
 
 # ------------------------------------------------------------------------------ writing
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def png_bytes(arr: np.ndarray) -> bytes:
     from PIL import Image
 

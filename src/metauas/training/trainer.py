@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from metauas.atomic import atomic_write_text
 from metauas.models.checkpoint import load_checkpoint, save_safetensors
 from metauas.models.metauas import MetaUAS, ModelConfig
 from metauas.training.config import TrainConfig
@@ -177,10 +178,7 @@ def export_model(model: MetaUAS, out_dir: Path, name: str, card: dict, half: boo
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_safetensors(model, out_dir / f"{name}.safetensors", half=half,
                             extra_metadata={"name": name})
-    card_path = out_dir / f"{name}.json"
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2, default=str))
-    os.replace(tmp, card_path)
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(card, indent=2, default=str))
     return path
 
 

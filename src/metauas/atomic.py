@@ -1,0 +1,45 @@
+"""Atomic file writes: a temporary file in the target's folder, fsync, then rename.
+
+A reader (or a crash at any moment) sees either the old file or the complete new one, never
+a half-written result. The file gets normal permissions (0666 minus umask), unlike the 0600
+that mkstemp uses.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
+    """Call `writer(tmp_path)` to produce the content, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding=encoding, newline="") as handle:
+            handle.write(text)
+
+    return atomic_write(path, write)
