@@ -21,7 +21,7 @@ demo: setup
 	@echo "Heatmaps written to demo_out/"
 
 test: setup
-	$(PY) -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 bench: setup
 	$(PY) benchmarks/speed.py --json
