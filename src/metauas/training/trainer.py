@@ -331,7 +331,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
     if step == cfg.steps or stop["flag"]:
         checkpoint(step)
     if is_main and step > start_step:  # finished or stopped on the time budget / SIGTERM
-        if not metrics:
+        if not metrics or step % cfg.val_every:  # the card reports the exported weights' metrics
             metrics = validate(model, val_pairs, cfg, device)
         export_model(model, run_dir, "last", card(step, metrics))
     if world > 1:
