@@ -38,14 +38,6 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: on a shared 2-core machine, tiny 64 px models run faster without contention."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 @pytest.fixture(autouse=True)
 def _user_folder(tmp_path, monkeypatch):

@@ -17,7 +17,6 @@ from metauas.evaluation import EvalConfig, aggregate, patchmatch_map, predict_ma
 from metauas.metrics import METRIC_NAMES, evaluate
 from metauas.prompts import DescriptorCache, random_prompts, rank_by_similarity
 
-torch.set_num_threads(1)
 
 
 class FakeModel(nn.Module):

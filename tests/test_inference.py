@@ -19,14 +19,6 @@ from metauas.models import MetaUAS, ModelConfig
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors; one thread avoids OpenMP spin-wait stalls on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def rgb_array(h: int = 20, w: int = 30, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

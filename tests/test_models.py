@@ -7,7 +7,6 @@ the official-architecture parity lives in test_model_parity.py.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
 import pickle
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from metauas.errors import CheckpointError
-from metauas.models import (MetaUAS, ModelConfig, build_encoder, build_model, load_checkpoint,
+from metauas.models import (MetaUAS, ModelConfig, build_encoder, load_checkpoint,
                             load_official_checkpoint, official_metauas, save_safetensors)
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment
 from metauas.models.encoders import ENCODERS, pretrained_weights_path
@@ -33,15 +32,6 @@ from metauas.models.fast import (FastAlignment, PackedConv2d, UpsampleConv3x3, f
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads that spin-wait for
-    each other can be 10x slower than one (measured); these tiny tensors gain nothing from two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def images(batch: int, seed: int, size: int = SIZE, k: int | None = None) -> torch.Tensor:

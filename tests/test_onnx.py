@@ -19,13 +19,6 @@ from metauas.models import MetaUAS, ModelConfig, save_safetensors
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 def spread_model(alignment: str = "sa", size: int = 64, seed: int = 0) -> MetaUAS:
     """Random tiny model whose probabilities cover most of [0,1] (an untrained decoder alone

@@ -14,7 +14,6 @@ from metauas.cli import main as cli_main
 from metauas.synthesis import ImageSources, SynthesisConfig, SyntheticPairDataset, worker_init_fn
 from metauas.synthesis.fixtures import make_tiny_image_tree
 
-torch.set_num_threads(1)
 SIZE = 48
 
 
