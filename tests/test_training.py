@@ -157,6 +157,9 @@ def test_feature_cache_mode_trains_and_orders_by_index(tmp_path):
     cached = CachedPairs(model, ToyChangeDataset(64, 100, 0), pool=6, seed=3)
     again = CachedPairs(model, ToyChangeDataset(64, 100, 0), pool=6, seed=3)
     assert all(torch.equal(cached[i]["query"][0], again[i]["query"][0]) for i in range(12))
+    later = CachedPairs(model, ToyChangeDataset(64, 100, 0), pool=6, seed=3, start=6)
+    source = ToyChangeDataset(64, 100, 0)
+    assert sorted(float(m.sum()) for m in later.masks) == sorted(float(source[i]["mask"].sum()) for i in range(6, 12))
     epoch0 = sorted(float(cached[i]["mask"].sum()) for i in range(6))
     epoch1 = sorted(float(cached[i]["mask"].sum()) for i in range(6, 12))
     assert epoch0 == epoch1  # every epoch visits the whole pool once

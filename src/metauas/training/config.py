@@ -52,6 +52,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_features: bool = False  # precompute frozen-encoder features for a fixed pool of pairs
     cache_pool: int = 512
+    cache_start: int = 0  # first synthetic item of the pool (a later stage can use fresh pairs)
     # evaluation and checkpoints
     val_pairs: int = 64
     val_seed: int = 12345

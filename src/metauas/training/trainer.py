@@ -70,7 +70,7 @@ class CachedPairs(Dataset):
     order stays a pure function of the index (exact resume)."""
 
     def __init__(self, model: MetaUAS, source: Dataset, pool: int, seed: int, batch: int = 16,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, start: int = 0) -> None:
         from torch.utils.data import Subset
 
         self.pool, self.seed = pool, seed
@@ -78,7 +78,7 @@ class CachedPairs(Dataset):
         self.prompt: list[list[torch.Tensor]] = []
         self.masks: list[torch.Tensor] = []
         # synthesis runs in workers while this process encodes
-        loader = DataLoader(Subset(source, range(pool)), batch_size=batch, num_workers=num_workers,
+        loader = DataLoader(Subset(source, range(start, start + pool)), batch_size=batch, num_workers=num_workers,
                             collate_fn=collate)
         for items in loader:
             qf, pf = model.encode(items["query"]), model.encode(items["prompt"])
@@ -237,7 +237,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
     length = (cfg.steps + 1) * cfg.batch_size * world
     train_set, val_set, data_info = build_datasets(cfg, length)
     if cfg.cache_features:
-        train_set = CachedPairs(model, train_set, cfg.cache_pool, cfg.seed, num_workers=cfg.num_workers)
+        train_set = CachedPairs(model, train_set, cfg.cache_pool, cfg.seed, num_workers=cfg.num_workers,
+                                start=cfg.cache_start)
     val_pairs = [val_set[i] for i in range(len(val_set))] if is_main else []
     sampler = StepSampler(start_step, cfg.steps, cfg.batch_size, rank, world)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
