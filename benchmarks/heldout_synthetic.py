@@ -25,6 +25,20 @@ from metauas.models import load_model
 from metauas.synthesis import ImageSources, SynthesisConfig, SyntheticPairDataset
 
 
+def metrics_by_type(masks, maps: dict, types: list[str]) -> dict:
+    """Pixel metrics over the pairs of each change type (no-change pairs have no positives)."""
+    out = {}
+    for change in sorted(set(types)):
+        idx = [i for i, t in enumerate(types) if t == change]
+        if not any(masks[i].any() for i in idx):
+            continue
+        out[change] = {}
+        for name, predicted in maps.items():
+            m = evaluate([masks[i] for i in idx], [predicted[i] for i in idx])
+            out[change][name] = {k: round(float(m[k]), 4) for k in ("P-AUROC", "P-AP", "P-AUPRO")}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="metauas-lite0-256")
@@ -37,6 +51,8 @@ def main() -> None:
     ap.add_argument("--textures", default="data/train_images/textures")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--by-type", action="store_true",
+                    help="also pixel metrics per change type (that type's pairs only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -70,6 +86,8 @@ def main() -> None:
     for name, predicted in maps.items():
         metrics = evaluate(masks, predicted, labels=np.array(labels))
         result[name] = {k: round(float(v), 4) for k, v in metrics.items()}
+    if args.by_type:
+        result["by_type"] = metrics_by_type(masks, maps, types)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -79,6 +97,10 @@ def main() -> None:
         for name in maps:
             print(f"| {name} | " + " | ".join(f"{100 * result[name][k]:.1f}" for k in keys) + " |")
         print(f"{args.pairs} held-out pairs, sources: {result['held_out_sources']}")
+        for change, per_method in result.get("by_type", {}).items():
+            print(f"{change:18s} " + "  ".join(
+                f"{name}: P-AUROC {100 * m['P-AUROC']:.1f} P-AUPRO {100 * m['P-AUPRO']:.1f} P-AP {100 * m['P-AP']:.1f}"
+                for name, m in per_method.items()))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-M1=${STAGE1_MINUTES:-0}; M2=${STAGE2_MINUTES:-0}; M3=${STAGE3_MINUTES:-0}
+M1=${STAGE1_MINUTES:-0}; M2=${STAGE2_MINUTES:-0}; M3=${STAGE3_MINUTES:-0}; M4=${STAGE4_MINUTES:-0}
 EXTRA=${EXTRA:-}
 CFG=configs/metauas-lite0-256.yaml
 run() { $PY -m metauas.cli train --config "$CFG" --cache-features true --resume --no-progress "$@" $EXTRA; }
@@ -28,3 +28,10 @@ run --run-dir runs/default/stage2 --init-from runs/default/stage1/last.safetenso
 run --run-dir runs/default/stage3 --init-from runs/default/stage2/last.safetensors \
     --lr 0.0002 --warmup-steps 10 --steps 350 --max-minutes "$M3" --cache-pool 1500 --cache-start 1500 \
     --num-workers 1 --val-every 100
+[ -f runs/default/stage3/last.safetensors ] || { echo "stage 3 not finished (re-run to resume)"; exit 0; }
+
+# stage 4: 256 px on another fresh, larger pool (items 3000-5999), longer cosine schedule
+# (110-minute budget, started from stage 3 = the previously bundled model)
+run --run-dir runs/default/stage4 --init-from runs/default/stage3/last.safetensors \
+    --lr 0.0003 --warmup-steps 20 --steps 1800 --max-minutes "$M4" --cache-pool 3000 --cache-start 3000 \
+    --num-workers 1 --val-every 200
