@@ -1,7 +1,7 @@
 """Copy a trained run's weights into the package (src/metauas/weights/NAME.{safetensors,json}).
 
     python scripts/bundle_model.py runs/default/stage2/last.safetensors --name metauas-lite0-256 \
-        [--heldout heldout.json] [--fp16]
+        [--heldout heldout.json ...] [--fp16]
 
 With --fp16 the weights are stored in half precision only if the outputs on a fixed set of
 synthetic inputs stay within 1e-3 of the fp32 model (checked here; refused otherwise). The
@@ -34,7 +34,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("weights")
     ap.add_argument("--name", default="metauas-lite0-256")
-    ap.add_argument("--heldout", help="JSON written by benchmarks/heldout_synthetic.py --json")
+    ap.add_argument("--heldout", action="append", default=[],
+                    help="JSON written by benchmarks/heldout_synthetic.py --json (repeat for several sets)")
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--image-size", type=int, default=256)
     args = ap.parse_args()
@@ -60,7 +61,8 @@ def main() -> int:
     else:
         card["storage"] = {"dtype": "float32"}
     if args.heldout:
-        card["heldout_synthetic"] = json.loads(Path(args.heldout).read_text())
+        results = [json.loads(Path(p).read_text()) for p in args.heldout]
+        card["heldout_synthetic"] = results[0] if len(results) == 1 else results
     (WEIGHTS / f"{args.name}.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     print(f"bundled {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-M1=${STAGE1_MINUTES:-0}; M2=${STAGE2_MINUTES:-0}; M3=${STAGE3_MINUTES:-0}; M4=${STAGE4_MINUTES:-0}
+M1=${STAGE1_MINUTES:-0}; M2=${STAGE2_MINUTES:-0}; M3=${STAGE3_MINUTES:-0}; M4=${STAGE4_MINUTES:-0}; M5=${STAGE5_MINUTES:-0}
 EXTRA=${EXTRA:-}
 CFG=configs/metauas-lite0-256.yaml
 run() { $PY -m metauas.cli train --config "$CFG" --cache-features true --resume --no-progress "$@" $EXTRA; }
@@ -31,7 +31,13 @@ run --run-dir runs/default/stage3 --init-from runs/default/stage2/last.safetenso
 [ -f runs/default/stage3/last.safetensors ] || { echo "stage 3 not finished (re-run to resume)"; exit 0; }
 
 # stage 4: 256 px on another fresh, larger pool (items 3000-5999), longer cosine schedule
-# (110-minute budget, started from stage 3 = the previously bundled model)
+# (bundled model: stopped by a 110-minute budget at step 1755; started from stage 3)
 run --run-dir runs/default/stage4 --init-from runs/default/stage3/last.safetensors \
     --lr 0.0003 --warmup-steps 20 --steps 1800 --max-minutes "$M4" --cache-pool 3000 --cache-start 3000 \
+    --num-workers 1 --val-every 200
+[ -f runs/default/stage4/last.safetensors ] || { echo "stage 4 not finished (re-run to resume)"; exit 0; }
+
+# stage 5: 256 px on a third fresh pool (items 6000-8999), started from stage 4 (in progress)
+run --run-dir runs/default/stage5 --init-from runs/default/stage4/last.safetensors \
+    --lr 0.0002 --warmup-steps 20 --steps 1800 --max-minutes "$M5" --cache-pool 3000 --cache-start 6000 \
     --num-workers 1 --val-every 200
