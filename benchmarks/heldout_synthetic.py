@@ -1,6 +1,7 @@
 """Held-out synthetic validation: a trained model vs. the training-free patch-matching baseline.
 
-    python benchmarks/heldout_synthetic.py --model metauas-lite0-256 [--pairs 200] [--json]
+    python benchmarks/heldout_synthetic.py --model metauas-lite0-256 [--pairs 200] [--by-type]
+        [--chunks 10] [--json]
 
 The pairs are synthesised from images of sources *not used in training*: the same
 `split_by_source(seed)` the trainer uses puts whole image sources aside for validation, and a
@@ -39,6 +40,31 @@ def metrics_by_type(masks, maps: dict, types: list[str]) -> dict:
     return out
 
 
+def metrics_by_chunk(masks, maps: dict, chunks: int) -> dict:
+    """Pixel metrics on disjoint consecutive chunks of the pairs, and how often the model wins.
+
+    One number per set hides how much it depends on which pairs were drawn; independent chunks
+    show whether the difference between the methods is larger than that spread."""
+    keys = ("P-AUROC", "P-AUPRO")
+    bounds = np.linspace(0, len(masks), chunks + 1).astype(int)
+    rows = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if not any(m.any() for m in masks[lo:hi]):
+            continue
+        row = {}
+        for name, predicted in maps.items():
+            m = evaluate(masks[lo:hi], predicted[lo:hi])
+            row[name] = {k: round(float(m[k]), 4) for k in keys}
+        rows.append(row)
+    summary = {}
+    for k in keys:
+        diff = np.array([r["metauas"][k] - r["patchmatch"][k] for r in rows])
+        summary[k] = {"model_wins": int((diff > 0).sum()), "chunks": len(rows),
+                      "mean_diff": round(float(diff.mean()), 4), "std_diff": round(float(diff.std(ddof=1)), 4)
+                      if len(rows) > 1 else 0.0, "min_diff": round(float(diff.min()), 4)}
+    return {"chunks": rows, "summary": summary}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="metauas-lite0-256")
@@ -53,6 +79,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--by-type", action="store_true",
                     help="also pixel metrics per change type (that type's pairs only)")
+    ap.add_argument("--chunks", type=int, default=0,
+                    help="also P-AUROC / P-AUPRO on this many disjoint chunks of the pairs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -88,6 +116,8 @@ def main() -> None:
         result[name] = {k: round(float(v), 4) for k, v in metrics.items()}
     if args.by_type:
         result["by_type"] = metrics_by_type(masks, maps, types)
+    if args.chunks > 1:
+        result["by_chunk"] = metrics_by_chunk(masks, maps, args.chunks)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -101,6 +131,10 @@ def main() -> None:
             print(f"{change:18s} " + "  ".join(
                 f"{name}: P-AUROC {100 * m['P-AUROC']:.1f} P-AUPRO {100 * m['P-AUPRO']:.1f} P-AP {100 * m['P-AP']:.1f}"
                 for name, m in per_method.items()))
+        for k, summary in result.get("by_chunk", {}).get("summary", {}).items():
+            print(f"{k} over {summary['chunks']} disjoint chunks: model ahead in {summary['model_wins']}, "
+                  f"difference {100 * summary['mean_diff']:+.1f} +- {100 * summary['std_diff']:.1f} "
+                  f"(smallest {100 * summary['min_diff']:+.1f})")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ run --run-dir runs/default/stage4 --init-from runs/default/stage3/last.safetenso
     --num-workers 1 --val-every 200
 [ -f runs/default/stage4/last.safetensors ] || { echo "stage 4 not finished (re-run to resume)"; exit 0; }
 
-# stage 5: 256 px on a third fresh pool (items 6000-8999), started from stage 4 (in progress)
+# stage 5: 256 px on a third fresh pool (items 6000-8999), started from stage 4 (bundled model:
+# stopped at step 1722 of 1800 by the time budget; ran 160 steps, was interrupted, resumed with
+# --max-minutes 100; 106 min of steps in all)
 run --run-dir runs/default/stage5 --init-from runs/default/stage4/last.safetensors \
     --lr 0.0002 --warmup-steps 20 --steps 1800 --max-minutes "$M5" --cache-pool 3000 --cache-start 6000 \
     --num-workers 1 --val-every 200
