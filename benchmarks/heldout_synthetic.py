@@ -26,17 +26,25 @@ from metauas.models import load_model
 from metauas.synthesis import ImageSources, SynthesisConfig, SyntheticPairDataset
 
 
+def pixel_metrics_on(masks, maps: dict, idx: list[int], keys: tuple[str, ...]) -> dict | None:
+    """Pixel metrics of each method over the pairs `idx`; None when they hold no changed pixel."""
+    if not any(masks[i].any() for i in idx):
+        return None
+    out = {}
+    for name, predicted in maps.items():
+        m = evaluate([masks[i] for i in idx], [predicted[i] for i in idx])
+        out[name] = {k: round(float(m[k]), 4) for k in keys}
+    return out
+
+
 def metrics_by_type(masks, maps: dict, types: list[str]) -> dict:
     """Pixel metrics over the pairs of each change type (no-change pairs have no positives)."""
     out = {}
     for change in sorted(set(types)):
-        idx = [i for i, t in enumerate(types) if t == change]
-        if not any(masks[i].any() for i in idx):
-            continue
-        out[change] = {}
-        for name, predicted in maps.items():
-            m = evaluate([masks[i] for i in idx], [predicted[i] for i in idx])
-            out[change][name] = {k: round(float(m[k]), 4) for k in ("P-AUROC", "P-AP", "P-AUPRO")}
+        row = pixel_metrics_on(masks, maps, [i for i, t in enumerate(types) if t == change],
+                               ("P-AUROC", "P-AP", "P-AUPRO"))
+        if row is not None:
+            out[change] = row
     return out
 
 
@@ -47,15 +55,8 @@ def metrics_by_chunk(masks, maps: dict, chunks: int) -> dict:
     show whether the difference between the methods is larger than that spread."""
     keys = ("P-AUROC", "P-AUPRO")
     bounds = np.linspace(0, len(masks), chunks + 1).astype(int)
-    rows = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if not any(m.any() for m in masks[lo:hi]):
-            continue
-        row = {}
-        for name, predicted in maps.items():
-            m = evaluate(masks[lo:hi], predicted[lo:hi])
-            row[name] = {k: round(float(m[k]), 4) for k in keys}
-        rows.append(row)
+    rows = [row for lo, hi in zip(bounds[:-1], bounds[1:])
+            if (row := pixel_metrics_on(masks, maps, list(range(lo, hi)), keys)) is not None]
     summary = {}
     for k in keys:
         diff = np.array([r["metauas"][k] - r["patchmatch"][k] for r in rows])
