@@ -12,6 +12,7 @@ import pytest
 from metauas.errors import InputError
 from metauas.synthesis import (
     ALL_TYPES,
+    DEFECT_TYPES,
     LOCAL_TYPES,
     OBJECT_TYPES,
     ImageSources,
@@ -154,8 +155,8 @@ def test_every_change_type_is_drawn(sources: ImageSources) -> None:
 def test_object_types_unavailable_without_objects(tree: dict[str, Path]) -> None:
     src = ImageSources.from_dirs(tree["photos"])
     gen = PairGenerator(src, SynthesisConfig(size=SIZE, no_change_rate=0.0))
-    assert set(gen.available_types) == set(LOCAL_TYPES)
-    assert {gen.generate(s).change_type for s in range(20)} <= set(LOCAL_TYPES)
+    assert set(gen.available_types) == set(LOCAL_TYPES + DEFECT_TYPES)
+    assert {gen.generate(s).change_type for s in range(20)} <= set(LOCAL_TYPES + DEFECT_TYPES)
     with pytest.raises(InputError, match="object"):
         gen.generate(0, change_type="object_exchange")
     with pytest.raises(InputError, match="can be made"):

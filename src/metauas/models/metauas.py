@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, fuse, fused_channels
+from metauas.models.comparison import COMPARISON_TYPES, Comparison
 from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
 from metauas.models.encoders import ENCODERS, build_encoder
 
@@ -23,6 +24,7 @@ class ModelConfig:
     decoder_channels: tuple[int, ...] = field(default=DEFAULT_DECODER_CHANNELS)
     image_size: int = 256  # size the model was trained for (metadata, used by Segmenter)
     encoder_head: bool | None = None  # keep the unused classifier-head conv (official layout)
+    comparison: str = "none"  # none (paper) | cosine (explicit comparison signals, models/comparison.py)
 
     def validate(self) -> None:
         if self.encoder not in ENCODERS:
@@ -35,6 +37,8 @@ class ModelConfig:
             raise ValueError("num_aligned must be between 0 and 5")
         if self.image_size % 32:
             raise ValueError("image_size must be a multiple of 32")
+        if self.comparison not in COMPARISON_TYPES:
+            raise ValueError(f"unknown comparison {self.comparison!r}; choose from {COMPARISON_TYPES}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -95,6 +99,8 @@ class MetaUAS(nn.Module):
         self.alignment = nn.ModuleList(Alignment(channels[level], config.alignment)
                                        for level in self.aligned_levels)
         self.mask_head = nn.Conv2d(self.decoder.out_channels, 1, kernel_size=1)
+        self.comparison = (Comparison([channels[0]] + decoder_in, self.aligned_levels)
+                           if config.comparison == "cosine" else None)
         self.freeze_encoder()
 
     # ------------------------------------------------------------------ encoder
@@ -136,19 +142,37 @@ class MetaUAS(nn.Module):
         return PromptFeatures(features, keys)
 
     # ------------------------------------------------------------------ forward
+    def align_features(self, query_features: Sequence[torch.Tensor],
+                       prompt: PromptFeatures) -> dict[int, torch.Tensor]:
+        """Aligned prompt features {level: (B,C,h,w)} for every aligned level (Sec. 3.2)."""
+        return {level: align(query_features[level], prompt.features[level], prompt.keys[level])
+                for align, level in zip(self.alignment, self.aligned_levels)}
+
     def fuse_features(self, query_features: Sequence[torch.Tensor],
                       prompt: PromptFeatures) -> list[torch.Tensor]:
+        """Decoder inputs f0..f5: query features, fused with the aligned prompt where aligned."""
+        return self._fuse(query_features, self.align_features(query_features, prompt))
+
+    def _fuse(self, query_features: Sequence[torch.Tensor], aligned: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         fused = list(query_features)
-        for align, level in zip(self.alignment, self.aligned_levels):
-            aligned = align(query_features[level], prompt.features[level], prompt.keys[level])
-            fused[level] = fuse(query_features[level], aligned, self.config.fusion)
+        for level, a in aligned.items():
+            fused[level] = fuse(query_features[level], a, self.config.fusion)
         return fused
 
     def forward_features(self, query_features: Sequence[torch.Tensor], prompt: PromptFeatures) -> torch.Tensor:
-        """Logits (B,1,H,W) from encoded query features and a prepared prompt."""
+        """Logits (B,1,H,W) from encoded query features and a prepared prompt.
+
+        With ``config.comparison == "cosine"`` the decoder also receives explicit comparison
+        signals (`metauas.models.comparison`); with "none" this is the paper's network.
+        """
         prompt = prompt.expand_to(query_features[0].shape[0])
-        fused = self.fuse_features(query_features, prompt)
-        return self.mask_head(self.decoder(fused[1:]))
+        aligned = self.align_features(query_features, prompt)
+        fused = self._fuse(query_features, aligned)
+        if self.comparison is None:
+            return self.mask_head(self.decoder(fused[1:]))
+        signals = self.comparison.signals(query_features, prompt.features, aligned)
+        logits = self.mask_head(self.decoder(self.comparison.inject_into(fused, signals)[1:]))
+        return logits + self.comparison.logit_term(signals, tuple(logits.shape[-2:]))
 
     def logits(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         return self.forward_features(self.encode(query), self.prepare_prompt(prompt))

@@ -14,6 +14,7 @@ from typing import Any
 from metauas.synthesis.generator import (
     ALL_TYPES,
     CHANGE_TYPES,
+    DEFECT_TYPES,
     LOCAL_TYPES,
     NO_CHANGE,
     OBJECT_TYPES,
@@ -25,7 +26,7 @@ from metauas.synthesis.io import ImageRecord, ImageSources, load_coco_instances
 from metauas.synthesis.objects import Inpainter, OpenCVInpainter
 
 __all__ = [
-    "ALL_TYPES", "CHANGE_TYPES", "LOCAL_TYPES", "NO_CHANGE", "OBJECT_TYPES", "ChangePair",
+    "ALL_TYPES", "CHANGE_TYPES", "DEFECT_TYPES", "LOCAL_TYPES", "NO_CHANGE", "OBJECT_TYPES", "ChangePair",
     "ImageRecord", "ImageSources", "Inpainter", "OpenCVInpainter", "PairGenerator",
     "SynthesisConfig", "SyntheticPairDataset", "load_coco_instances", "worker_init_fn",
 ]

@@ -80,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth",
         help="write synthetic change pairs (prompt, query, mask) and a preview grid",
         description="Synthesise MetaUAS training pairs from real images: object disappearance/"
-                    "appearance/exchange (objects folder or COCO masks) and local-region changes.",
+                    "appearance/exchange (objects folder or COCO masks), local-region changes and "
+                    "inspection defects (cracks, pits, stains, missing material, frame failures).",
     )
     p.add_argument("--images", required=True, type=Path, help="folder of photos (backgrounds)")
     p.add_argument("--masks", type=Path, help="COCO instances JSON for the photos (optional)")
@@ -93,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--types", default=None,
                    help="comma-separated change types to draw from (default: all available): "
                         "local_texture,local_patch,local_color,object_disappear,object_appear,"
-                        "object_exchange")
+                        "object_exchange,defect_crack,defect_pit,defect_stain,defect_missing,"
+                        "global_change")
     p.add_argument("--no-change-rate", type=float, default=None)
     p.add_argument("--max-rotation", type=float, default=None, help="degrees (default 30)")
     p.add_argument("--max-translation", type=float, default=None, help="fraction (default 0.05)")

@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from metauas.errors import InputError, MetaUASError
-from metauas.synthesis import geometry, local, objects
+from metauas.synthesis import defects, geometry, local, nuisance, objects
+from metauas.synthesis.defects import DEFECT_TYPES
 from metauas.synthesis.io import ImageRecord, ImageSources, Instance, load_rgb, load_rgba
 from metauas.synthesis.perlin import perlin_mask
 
 LOCAL_TYPES = ("local_texture", "local_patch", "local_color")
 OBJECT_TYPES = ("object_disappear", "object_appear", "object_exchange")
-CHANGE_TYPES = LOCAL_TYPES + OBJECT_TYPES
+CHANGE_TYPES = LOCAL_TYPES + OBJECT_TYPES + DEFECT_TYPES  # DEFECT_TYPES: see defects.py
 NO_CHANGE = "none"
 ALL_TYPES = CHANGE_TYPES + (NO_CHANGE,)
 
@@ -74,6 +75,11 @@ class SynthesisConfig:
     # how images are drawn: "image" (uniform over files), "sqrt" (a source with n files gets
     # weight sqrt(n), so 3000 emoji do not drown 200 photo cut-outs), "source" (uniform)
     source_weighting: str = "sqrt"
+    # comparison training: nuisances that are NOT changes (see nuisance.py)
+    nuisance_prob: float = 0.0  # per image (prompt, query independently): JPEG/noise/blur/gain
+    identical_prob: float = 0.0  # share of no-change pairs returned with prompt == query exactly
+    grayscale_prob: float = 0.0  # both images of the pair converted to grey (3 equal channels)
+    object_scene_prob: float = 0.0  # scene = one centred cut-out on a plain background
     return_aligned: bool = False  # also return the un-warped prompt (tests, previews)
 
     def validate(self) -> "SynthesisConfig":
@@ -85,7 +91,8 @@ class SynthesisConfig:
         if not isinstance(self.size, int) or self.size < 32:
             raise InputError(f"size must be an integer >= 32, got {self.size}")
         for name in ("no_change_rate", "misalign_prob", "prompt_flip_prob", "pair_flip_prob",
-                     "texture_background_prob", "instance_prob", "sprite_inpaint_prob"):
+                     "texture_background_prob", "instance_prob", "sprite_inpaint_prob",
+                     "nuisance_prob", "identical_prob", "grayscale_prob", "object_scene_prob"):
             unit(name, getattr(self, name))
         if not 0.0 <= self.max_rotation <= 180.0:
             raise InputError(f"max_rotation must be in [0, 180] degrees, got {self.max_rotation}")
@@ -174,7 +181,8 @@ class PairGenerator:
         self._has_objects = bool(sources.objects) or bool(self._instance_photos)
         self.available_types = tuple(
             t for t in CHANGE_TYPES
-            if self.config.change_weights.get(t, 0.0) > 0 and (t in LOCAL_TYPES or self._has_objects))
+            if self.config.change_weights.get(t, 0.0) > 0
+            and (t in LOCAL_TYPES or t in DEFECT_TYPES or self._has_objects))
         if not self.available_types and self.config.no_change_rate < 1.0:
             raise InputError(
                 "none of the requested change types can be made: object changes need an objects "
@@ -253,21 +261,32 @@ class PairGenerator:
 
         use_instance = (ctype in OBJECT_TYPES and self._instance_photos
                         and (not self.sources.objects or rng.random() < cfg.instance_prob))
-        texture_bg = (not use_instance and bool(self.sources.textures)
-                      and rng.random() < cfg.texture_background_prob)
-        if use_instance:
-            rec = self._pick(rng, self._instance_photos)
-        elif texture_bg:
-            rec = self._pick(rng, self.sources.textures)
+        obj_c: np.ndarray | None = None  # object alpha on the canvas (object scenes only)
+        plate: np.ndarray | None = None  # the object-free plain background
+        if (not use_instance and cfg.object_scene_prob > 0 and self.sources.objects
+                and rng.random() < cfg.object_scene_prob):
+            canvas, obj_c, plate = self._object_scene(rng, C, meta)
+            texture_bg = False
         else:
-            rec = self._pick(rng, self.sources.photos)
-        canvas, box = self._load_canvas(rec, rng, C, exact=bool(use_instance))
-        meta.update(background=str(rec.path), background_source=rec.source)
+            texture_bg = (not use_instance and bool(self.sources.textures)
+                          and rng.random() < cfg.texture_background_prob)
+        meta["object_scene"] = obj_c is not None
+        if obj_c is None:
+            if use_instance:
+                rec = self._pick(rng, self._instance_photos)
+            elif texture_bg:
+                rec = self._pick(rng, self.sources.textures)
+            else:
+                rec = self._pick(rng, self.sources.photos)
+            canvas, box = self._load_canvas(rec, rng, C, exact=bool(use_instance))
+            meta.update(background=str(rec.path), background_source=rec.source)
 
         if ctype == NO_CHANGE:
             prompt_c, query_c, mask_c = canvas, canvas, np.zeros((C, C), np.uint8)
         elif ctype in LOCAL_TYPES:
             prompt_c, query_c, mask_c = self._local(rng, ctype, canvas, m, meta)
+        elif ctype in DEFECT_TYPES:
+            prompt_c, query_c, mask_c = self._defect(rng, ctype, canvas, m, meta, obj_c, plate)
         elif use_instance:
             prompt_c, query_c, mask_c = self._instance_change(rng, ctype, canvas, rec, box, m, meta)
         else:
@@ -283,6 +302,10 @@ class PairGenerator:
         mis = geometry.sample_misalignment(rng, S, cfg.max_rotation, cfg.max_translation,
                                            cfg.scale_range, cfg.misalign_prob, cfg.prompt_flip_prob)
         photo = geometry.sample_photometric(rng, cfg.photometric_jitter)
+        identical = (ctype == NO_CHANGE and cfg.identical_prob > 0
+                     and rng.random() < cfg.identical_prob)
+        if identical:  # exactly equal pair: no misalignment, no jitter, no nuisance
+            mis, photo = geometry.Misalignment(), geometry.Photometric()
         if flip_pair:
             prompt_c, query_c, mask_c = prompt_c[:, ::-1], query_c[:, ::-1], mask_c[:, ::-1]
         if vflip_pair:
@@ -291,12 +314,23 @@ class PairGenerator:
         prompt = geometry.apply_photometric(geometry.warp_prompt(prompt_c, mis, S), photo)
         query = np.ascontiguousarray(query_c[m:m + S, m:m + S])
         mask = np.ascontiguousarray(mask_c[m:m + S, m:m + S]).astype(np.uint8)
+        aligned = prompt_c[m:m + S, m:m + S].copy() if cfg.return_aligned else None
+        applied: dict[str, Any] = {"prompt": None, "query": None}
+        if cfg.nuisance_prob > 0 and not identical:
+            if rng.random() < cfg.nuisance_prob:
+                prompt, applied["prompt"] = nuisance.apply_nuisance(prompt, rng)
+            if rng.random() < cfg.nuisance_prob:
+                query, applied["query"] = nuisance.apply_nuisance(query, rng)
+        gray = cfg.grayscale_prob > 0 and rng.random() < cfg.grayscale_prob
+        if gray:
+            prompt, query = nuisance.to_gray3(prompt), nuisance.to_gray3(query)
+            aligned = nuisance.to_gray3(aligned) if aligned is not None else None
+        meta.update(identical=bool(identical), nuisance=applied, grayscale=bool(gray))
         meta.update(
             pair_hflip=bool(flip_pair), pair_vflip=bool(vflip_pair),
             misalignment=asdict(mis), photometric=asdict(photo),
             prompt_to_query=geometry.prompt_to_query_matrix(mis, S, C).tolist(),
         )
-        aligned = prompt_c[m:m + S, m:m + S].copy() if cfg.return_aligned else None
         return ChangePair(prompt=prompt, query=query, mask=mask, change_type=ctype, meta=meta,
                           prompt_aligned=aligned)
 
@@ -325,6 +359,61 @@ class PairGenerator:
             changed = local.color_change(canvas, mask_c, rng)
             query_c = local.composite(canvas, changed, mask_c)
             meta["fallback"] = "local_color"
+        return canvas, query_c, mask_c
+
+    # -------------------------------------------------------------- defects, object scenes
+    def _foreign(self, rng: np.random.Generator):
+        """A callable side -> (side, side, 3) uint8 random crop of a texture (or photo)."""
+        def get(side: int) -> np.ndarray:
+            pool = self.sources.textures or self.sources.photos
+            rec = self._pick(rng, pool)
+            return local.random_resized_crop(load_rgb(rec.path, min_side=side), side, rng)
+        return get
+
+    def _object_scene(self, rng: np.random.Generator, C: int, meta: dict[str, Any],
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One cut-out (40-80 % of the window side) centred on a plain background.
+
+        Returns (canvas (C, C, 3) uint8, object mask (C, C) {0,1}, plain background plate).
+        """
+        S = self.config.size
+        plate = nuisance.plain_background(rng, C)
+        side = max(8, int(round(float(rng.uniform(0.4, 0.8)) * S)))
+        rec = self._pick(rng, self.sources.objects)
+        sprite = objects.prepare_sprite(load_rgba(rec.path), side, rng, self.config.object_rotation)
+        canvas, obj = objects.paste(plate, sprite, (C - 1) / 2.0, (C - 1) / 2.0)
+        meta.update(background="plain", background_source="plain", scene_object=str(rec.path))
+        return canvas, obj.astype(np.uint8), plate
+
+    def _defect(self, rng: np.random.Generator, ctype: str, canvas: np.ndarray, m: int,
+                meta: dict[str, Any], obj_c: np.ndarray | None, plate: np.ndarray | None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Inspection defects (defects.py) made inside the central query window."""
+        S, C = self.config.size, canvas.shape[0]
+        win = canvas[m:m + S, m:m + S]
+        obj = None
+        if obj_c is not None:
+            obj = np.ascontiguousarray(obj_c[m:m + S, m:m + S])
+            obj = obj if obj.sum() >= 16 else None
+        if ctype == "defect_crack":
+            changed, mq = defects.make_crack(win, rng, obj)
+        elif ctype == "defect_pit":
+            changed, mq = defects.make_pits(win, rng, obj)
+        elif ctype == "defect_stain":
+            changed, mq = defects.make_stain(win, rng, obj)
+        elif ctype == "defect_missing":
+            bg = plate[m:m + S, m:m + S] if plate is not None and obj is not None else None
+            changed, mq, kind = defects.make_missing(win, rng, obj, self._foreign(rng), bg)
+            meta["variant"] = kind
+        else:
+            changed, mq, kind = defects.make_global(win, rng, self._foreign(rng))
+            meta["variant"] = kind
+        if local.mean_change(win, changed, mq) < 3.0:
+            raise _Retry(f"{ctype}: change not visible")
+        query_c = canvas.copy()
+        query_c[m:m + S, m:m + S] = changed
+        mask_c = np.zeros((C, C), np.uint8)
+        mask_c[m:m + S, m:m + S] = mq
         return canvas, query_c, mask_c
 
     # -------------------------------------------------------------- object changes

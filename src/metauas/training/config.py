@@ -30,6 +30,8 @@ class TrainConfig:
     num_aligned: int = 3
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 64, 48])
     image_size: int = 256
+    comparison: str = "none"  # none (paper) | cosine (explicit comparison signals for the decoder)
+    comparison_lr_scale: float = 10.0  # lr multiplier of the (zero-initialised) comparison module
     init_from: str = ""  # safetensors/ckpt to start from (e.g. a lower-resolution stage)
     # optimisation
     batch_size: int = 8

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from metauas.atomic import atomic_write_text
+from metauas.errors import CheckpointError
 from metauas.models.checkpoint import load_checkpoint, save_safetensors
 from metauas.models.metauas import MetaUAS, ModelConfig
 from metauas.training.config import TrainConfig
@@ -127,14 +128,30 @@ def lr_lambda(cfg: TrainConfig):
 def build_model_from_config(cfg: TrainConfig) -> MetaUAS:
     config = ModelConfig(encoder=cfg.encoder, alignment=cfg.alignment, fusion=cfg.fusion,
                          num_aligned=cfg.num_aligned, decoder_channels=tuple(cfg.decoder_channels),
-                         image_size=cfg.image_size)
+                         image_size=cfg.image_size, comparison=cfg.comparison)
     from metauas.models.encoders import ENCODERS
 
     model = MetaUAS(config, pretrained_encoder=ENCODERS[cfg.encoder].weights_package is not None)
     if cfg.init_from:
         source = load_checkpoint(cfg.init_from)
-        model.load_state_dict(source.state_dict(), strict=True)
+        result = model.load_state_dict(source.state_dict(), strict=False)
+        # only the comparison module may be new (it starts at zero: same outputs as the source)
+        missing = [k for k in result.missing_keys if not k.startswith("comparison.")]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(f"{cfg.init_from} does not fit this model: missing {missing[:5]}, "
+                                  f"unexpected {result.unexpected_keys[:5]}")
     return model
+
+
+def parameter_groups(model: MetaUAS, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: the comparison module (zero-initialised, so it must grow from nothing)
+    learns ``cfg.comparison_lr_scale`` times faster than the rest."""
+    compare = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("comparison.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("comparison.")]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if compare:
+        groups.append({"params": compare, "lr": cfg.lr * cfg.comparison_lr_scale})
+    return groups
 
 
 # ---------------------------------------------------------------------------- validation
@@ -212,7 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     model = build_model_from_config(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start_step, best, train_seconds = 0, -1.0, 0.0
     last_path = run_dir / "last.pt"

@@ -1,0 +1,129 @@
+"""Explicit prompt-query comparison signals for the decoder ("compare, not saliency").
+
+Why: the paper's decoder sees only [query features, aligned prompt features] and has to learn
+the comparison itself. Trained on a small budget it learns saliency instead (a salient object
+is flagged whatever the prompt shows). Here the decoder is also *given* the comparison, at every
+level ``l`` of ``levels``:
+
+* ``d_nn[l]``: the cosine distance of each query position to its nearest prompt position,
+  ``d_nn(i) = min_j (1 - <q_i, p_j> / (|q_i| |p_j|))`` over all positions ``j`` of all K prompts
+  (the one-shot patch-matching score of PatchCore, Roth et al., CVPR 2022);
+* ``d_al[l]`` (levels that are aligned): the cosine distance between the query feature and the
+  aligned prompt feature at the same position, ``1 - cos(q_i, a_i)`` (MetaUAS alignment,
+  Gao 2024, Sec. 3.2).
+
+Both lie in [0, 2] and are 0 for a query identical to the prompt. Each level's signals enter
+the decoder through a 1x1 convolution added to the fused features of that level, and all
+levels' signals, upsampled to the output size, add one more term to the logits. All these
+convolutions start at zero, so a model initialised from weights without comparison computes
+exactly what it computed before, and training decides how much to use them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["COMPARISON_TYPES", "COMPARISON_LEVELS", "nearest_cosine_distance", "aligned_cosine_distance",
+           "Comparison"]
+
+COMPARISON_TYPES: tuple[str, ...] = ("none", "cosine")
+COMPARISON_LEVELS: tuple[int, ...] = (3, 4, 5)
+# Distances between normal features are ~0.05-0.3; x10 puts the signals on the scale of unit
+# activations, so the zero-initialised 1x1 convolutions reach useful weights in few steps.
+SIGNAL_GAIN = 10.0
+
+
+def nearest_cosine_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Min cosine distance of each query position to any prompt position.
+
+    Args:
+        query: (B, C, h, w) features.
+        prompt: (B, C, h', w') or (B, K, C, h', w') features (K prompts pooled together); a
+            leading batch of 1 is shared by all B queries.
+        chunk: query positions per similarity block (bounds memory to chunk x K*h'*w' floats).
+    Returns:
+        (B, 1, h, w) distances in [0, 2] (float32).
+    Raises:
+        ValueError: when prompt and query features have different channel counts or batch.
+    """
+    b, c, h, w = query.shape
+    if prompt.dim() == 5:
+        prompt = prompt.permute(0, 2, 1, 3, 4).flatten(2)  # (B, C, K*h'*w')
+    else:
+        prompt = prompt.flatten(2)
+    if prompt.shape[0] == 1 and b > 1:
+        prompt = prompt.expand(b, -1, -1)
+    if prompt.shape[0] != b or prompt.shape[1] != c:
+        raise ValueError(f"prompt features {tuple(prompt.shape)} do not fit query features {tuple(query.shape)}")
+    q = F.normalize(query.flatten(2).float(), dim=1)  # (B, C, N)
+    p = F.normalize(prompt.float(), dim=1)  # (B, C, M)
+    best = []
+    for start in range(0, q.shape[2], chunk):
+        sim = torch.einsum("bcn,bcm->bnm", q[:, :, start:start + chunk], p)
+        best.append(sim.amax(dim=2))
+    max_sim = torch.cat(best, dim=1).clamp(-1.0, 1.0)
+    return (1.0 - max_sim).view(b, 1, h, w)
+
+
+def aligned_cosine_distance(query: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) x (B, C, h, w) -> (B, 1, h, w): 1 - cosine similarity per position, in [0, 2]."""
+    return 1.0 - F.cosine_similarity(query.float(), aligned.float(), dim=1, eps=1e-6)[:, None]
+
+
+class Comparison(nn.Module):
+    """Injects comparison signals into the fused decoder inputs and adds a logit term.
+
+    Args:
+        fused_channels: channels of the fused features f0..f5 as the decoder receives them.
+        aligned_levels: encoder levels that have an alignment module (they get ``d_al`` too).
+        levels: encoder levels that get comparison signals (default f3, f4, f5).
+    """
+
+    def __init__(self, fused_channels: Sequence[int], aligned_levels: Sequence[int],
+                 levels: Sequence[int] = COMPARISON_LEVELS) -> None:
+        super().__init__()
+        self.levels = tuple(int(level) for level in levels)
+        self.aligned = tuple(level for level in self.levels if level in set(aligned_levels))
+        self.inject = nn.ModuleDict()
+        for level in self.levels:
+            n = self.signals_at(level)
+            conv = nn.Conv2d(n, fused_channels[level], kernel_size=1)
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            self.inject[str(level)] = conv
+        total = sum(self.signals_at(level) for level in self.levels)
+        self.head = nn.Conv2d(total, 1, kernel_size=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def signals_at(self, level: int) -> int:
+        return 2 if level in self.aligned else 1
+
+    def signals(self, query_features: Sequence[torch.Tensor], prompt_features: Sequence[torch.Tensor],
+                aligned: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Per level: (B, n, h, w) comparison signals (n = 1 or 2): SIGNAL_GAIN x distance, in [0, 20]."""
+        out = {}
+        for level in self.levels:
+            q = query_features[level]
+            maps = [nearest_cosine_distance(q, prompt_features[level]).to(q.dtype)]
+            if level in self.aligned:
+                maps.append(aligned_cosine_distance(q, aligned[level]).to(q.dtype))
+            out[level] = SIGNAL_GAIN * torch.cat(maps, dim=1)
+        return out
+
+    def inject_into(self, fused: list[torch.Tensor], signals: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """fused[l] + conv1x1(signals[l]) for every comparison level (a new list)."""
+        fused = list(fused)
+        for level, s in signals.items():
+            fused[level] = fused[level] + self.inject[str(level)](s)
+        return fused
+
+    def logit_term(self, signals: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, H, W) additive logit term from all signals upsampled (bilinear) to ``size``."""
+        maps = [F.interpolate(signals[level], size=size, mode="bilinear", align_corners=False)
+                for level in self.levels]
+        return self.head(torch.cat(maps, dim=1))
