@@ -127,11 +127,29 @@ SOURCES: tuple[Source, ...] = (
            ("usr/share/gimp/2.0/patterns/*",), "GPL-3+/LGPL (GIMP data)", min_side=64),
     Source("mypaint-backgrounds", "deb", "mypaint-data-extras", "textures",
            ("usr/share/mypaint/backgrounds/*",), "CC0/GPL-2+ (per file)"),
+    # photographic close-up surfaces (metal, concrete, stone, wood, rust, tiles): the colour maps
+    # of Red Eclipse's texture packs; normal/specular/glow/height maps are excluded
+    Source("redeclipse-textures", "deb", "redeclipse-data", "textures",
+           tuple(f"usr/share/games/redeclipse/data/{d}/*" for d in (
+               "wicked", "unnamed", "jojo", "trak", "philipk", "torley/desat", "luckystrike",
+               "elyvisions", "mayhem", "freezurbern", "dziq", "mikeplus64", "appleflap", "jwin",
+               "ulukai", "nieb")),
+           "CC-BY-SA-3.0/CC-BY-3.0/CC0 (per texture pack, see the package's copyright file)",
+           exclude=("*_n.*", "*_nm.*", "*_s.*", "*_z.*", "*_g.*", "*_i.*", "*_h.*", "*_local.*",
+                    "*_bump*", "*_spec*", "*_norm*", "*_height*", "*_mask*", "*_glow*",
+                    "*/wicked/*n.*", "*/wicked/*s.*", "*/wicked/*z.*",  # wicked: no underscore
+                    "*_lf.*", "*_rt.*", "*_up.*", "*_dn.*", "*_ft.*", "*_bk.*")),  # skybox faces
 )
 
 MIN_SIDE = {"photos": 200, "objects": 48, "textures": 96}
 MAX_SIDE = {"photos": 1024, "objects": 384, "textures": 512}
 MAX_DECODE_PIXELS = 24_000_000  # a few clip-art PNGs are > 200 Mpx: not worth minutes of decode
+
+
+def _looks_like_normal_map(rgb: np.ndarray) -> bool:
+    """Tangent-space normal maps (game texture packs) are mostly (128, 128, 255): not a surface."""
+    r, g, b = rgb.reshape(-1, 3).mean(axis=0)
+    return b > 170 and abs(r - 128) < 45 and abs(g - 128) < 45
 
 
 # ------------------------------------------------------------------------------ download
@@ -307,6 +325,8 @@ def process(args: tuple[str, bytes, str, int]) -> Processed:
         arr = np.asarray(img)
         if float(arr.std()) < 6.0:
             return Processed(origin, False, "flat colour")
+        if kind == "textures" and _looks_like_normal_map(arr):
+            return Processed(origin, False, "normal map")
         gray = img.convert("L")
         out = io.BytesIO()
         img.save(out, format="JPEG", quality=93)

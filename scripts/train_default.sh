@@ -43,3 +43,12 @@ run --run-dir runs/default/stage4 --init-from runs/default/stage3/last.safetenso
 run --run-dir runs/default/stage5 --init-from runs/default/stage4/last.safetensors \
     --lr 0.0002 --warmup-steps 20 --steps 1800 --max-minutes "$M5" --cache-pool 3000 --cache-start 6000 \
     --num-workers 1 --val-every 200
+[ -f runs/default/stage5/last.safetensors ] || { echo "stage 5 not finished (re-run to resume)"; exit 0; }
+
+# stage 6: the comparison architecture (configs/metauas-lite0-256-compare.yaml: nearest and
+# aligned cosine distances at f3-f5 fed to the decoder, zero-initialised, so it starts as
+# stage 5), fine-tuned from stage 5 on online synthetic pairs (every pair new) with
+# inspection-like defects and 35 % no-change pairs (identical or nuisance-only).
+CFG=configs/metauas-lite0-256-compare.yaml
+run --run-dir runs/default/stage6 --init-from runs/default/stage5/last.safetensors \
+    --cache-features false --steps "${STAGE6_STEPS:-1500}" --max-minutes "${STAGE6_MINUTES:-0}" --num-workers 1

@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from metauas.scoring import image_score
 import torch
 from PIL import Image
 
@@ -92,7 +94,8 @@ def test_segment_writes_maps_overlays_results(tmp_path, pair, tiny_model, capsys
     for r in data["results"]:
         raw = cv2.imread(str(out / r["map"]), cv2.IMREAD_UNCHANGED)
         assert raw.dtype == np.uint16 and raw.shape == (80, 96)  # 16-bit, original resolution
-        assert r["score"] == pytest.approx(raw.max() / 65535, abs=1e-4)
+        assert r["score"] == pytest.approx(image_score(raw / 65535), abs=1e-4)  # the product's score rule
+        assert r["prompts"] == [str(prompt)]
         assert (out / r["overlay"]).is_file() and r["mask"] is None and r["decision"] is None
     assert not list(out.glob("*_mask.png"))
     rows = (out / "results.csv").read_text().splitlines()

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from metauas.errors import InputError
+from metauas.scoring import image_score
 from metauas.inference import images as images_module
 from metauas.inference.images import list_images, load_image, to_model_tensor
 from metauas.inference.segmenter import Segmenter
@@ -235,13 +236,20 @@ def test_batches_equal_single_queries(model):
 
 
 @pytest.mark.parametrize("hw", [(37, 53), (91, 23), (64, 64)])
-def test_map_has_the_original_resolution_and_score_is_its_max(model, hw):
+def test_map_has_the_original_resolution_and_score_is_its_top_mean(model, hw):
     segmenter = Segmenter(model)
     segmenter.set_prompt(scene(0))
     result = segmenter.segment_one(scene(1, *hw))
     assert result.anomaly_map.shape == hw and result.anomaly_map.dtype == np.float32
     assert 0 <= result.anomaly_map.min() and result.anomaly_map.max() <= 1
-    assert result.score == pytest.approx(float(result.anomaly_map.max()))
+    values = np.sort(result.anomaly_map.ravel().astype(np.float64))[::-1]
+    k = max(1, round(0.001 * values.size))
+    assert result.score == pytest.approx(float(values[:k].mean()))
+    assert result.score == pytest.approx(image_score(result.anomaly_map))
+    assert result.score <= float(result.anomaly_map.max()) + 1e-7
+    paper = Segmenter(model, top_fraction=0.0)  # top_fraction 0: the paper's maximum
+    paper.set_prompt(scene(0))
+    assert paper.segment_one(scene(1, *hw)).score == pytest.approx(float(result.anomaly_map.max()))
     assert result.anomaly_map.std() > 0  # a real map, not a constant
 
 
@@ -258,8 +266,9 @@ def test_segmenter_matches_the_model_called_directly(model):
     assert segmenter.inference_model is model  # optimize=False runs the model itself
 
 
-def test_k_shot_prompts(model):
-    segmenter = Segmenter(model)
+def test_k_shot_prompts_mean_mode(model):
+    """kshot="mean": the model's own k-shot path (aligned prompt features averaged)."""
+    segmenter = Segmenter(model, kshot="mean")
     prompts = [scene(0), scene(2, 30, 60)]
     segmenter.set_prompt(prompts)
     assert segmenter.num_prompts == 2
@@ -274,6 +283,45 @@ def test_k_shot_prompts(model):
     three = segmenter.segment_one(query).anomaly_map
     segmenter.set_prompt(scene(0))
     assert np.abs(three - segmenter.segment_one(query).anomaly_map).max() <= 1e-5
+
+
+def test_k_shot_prompts_min_mode_is_the_default(model):
+    """Default k-shot: one map per prompt, pixel-wise minimum; results list every prompt."""
+    segmenter = Segmenter(model)
+    prompts = [scene(0), scene(2, 30, 60)]
+    segmenter.set_prompt(prompts)
+    query = scene(1)
+    result = segmenter.segment_one(query)
+    assert result.prompts == [0, 1]
+    q = to_model_tensor(query, SIZE)
+    with torch.no_grad():
+        maps = [model(query=q, prompt=to_model_tensor(p, SIZE)) for p in prompts]
+    direct = Segmenter._to_original_size(torch.minimum(*maps)[0], query.shape[:2])
+    assert np.abs(result.anomaly_map - direct).max() <= 1e-5
+    segmenter.set_prompt([scene(0), scene(0), scene(0)])
+    three = segmenter.segment_one(query).anomaly_map
+    segmenter.set_prompt(scene(0))
+    assert np.abs(three - segmenter.segment_one(query).anomaly_map).max() <= 1e-5
+    with pytest.raises(InputError, match="kshot"):
+        Segmenter(model, kshot="median")
+
+
+def test_prompt_pool_picks_the_most_similar_prompt(model):
+    """set_prompt_pool: each query is compared with its most similar pool image (MetaUAS*)."""
+    pool = [scene(0), scene(2, 30, 60), scene(5)]
+    segmenter = Segmenter(model)
+    segmenter.set_prompt_pool(pool)
+    queries = [scene(5), scene(0)]
+    results = segmenter.segment(queries)
+    assert [r.prompts for r in results] == [[2], [0]]  # an identical pool image is the most similar
+    for q, r in zip(queries, results):  # same map as with that prompt alone
+        alone = Segmenter(model)
+        alone.set_prompt(pool[r.prompts[0]])
+        assert np.abs(alone.segment_one(q).anomaly_map - r.anomaly_map).max() <= 1e-5
+    segmenter.set_prompt_pool(pool, k=2)
+    assert all(len(r.prompts) == 2 for r in segmenter.segment(queries))
+    with pytest.raises(InputError, match="empty"):
+        segmenter.set_prompt_pool([])
 
 
 def test_mixed_inputs_names_and_errors(model, tmp_path):

@@ -94,8 +94,9 @@ def test_export_errors(tmp_path):
     with pytest.raises(InputError, match="multiple of 32"):
         export_onnx(model, tmp_path / "x", OnnxExportConfig(size=100))
     runner = OnnxRunner(tmp_path / "onnx")
-    with pytest.raises(InputError, match="expects 1 prompt"):
-        runner.set_prompt_tensor(np.zeros((2, 3, 64, 64), np.float32))
+    export_onnx(model, tmp_path / "onnx2", OnnxExportConfig(size=64, shots=2), verify=False)
+    with pytest.raises(InputError, match="expects 2 prompt"):  # a K-shot export needs exactly K
+        OnnxRunner(tmp_path / "onnx2").set_prompt_tensor(np.zeros((3, 3, 64, 64), np.float32))
     with pytest.raises(InputError, match="no prompt set"):
         runner.predict(np.zeros((1, 3, 64, 64), np.float32))
     with pytest.raises(InputError, match="not a metauas ONNX export"):
@@ -143,7 +144,10 @@ def test_cli_export_and_segment_with_onnxruntime(tmp_path, monkeypatch, capsys):
     assert abs(scores["torch"] - scores["ort"]) < 1e-4 and abs(scores["torch"] - scores["ort2"]) < 1e-4
     maps = [np.asarray(Image.open(tmp_path / n / "q_map.png"), dtype=np.float64) / 65535 for n in ("torch", "ort")]
     assert np.abs(maps[0] - maps[1]).max() < 1e-4 + 1 / 65535
-    # a K-shot run against a 1-prompt export says what to do
-    code = main(common[:2] + [str(tmp_path / "p.png"), str(tmp_path / "q.png")] + common[2:] +
-                ["--out", str(tmp_path / "k2"), "--backend", "onnxruntime", "--onnx", str(tmp_path / "onnx")])
-    assert code == 2 and "--shots 2" in capsys.readouterr().err
+    # a K-shot run on a 1-prompt export: one map per prompt, pixel-wise minimum, as the torch Segmenter
+    two = common[:2] + [str(tmp_path / "p.png"), str(tmp_path / "q.png")] + common[2:]
+    assert main(two + ["--out", str(tmp_path / "k2"), "--backend", "onnxruntime", "--onnx", str(tmp_path / "onnx")]) == 0
+    assert main(two + ["--out", str(tmp_path / "k2t"), "--model", str(model_path)]) == 0
+    k2 = [json.loads((tmp_path / n / "results.json").read_text())["results"][0]["score"] for n in ("k2", "k2t")]
+    assert abs(k2[0] - k2[1]) < 1e-4
+    assert k2[1] <= scores["torch"] + 1e-6  # the query is one of the two prompts: never worse than one prompt

@@ -21,37 +21,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from metauas.models.comparison import nearest_cosine_distance
+
 __all__ = ["DEFAULT_STAGES", "patchmatch_map", "nearest_cosine_distance"]
 
 DEFAULT_STAGES = (3, 4)
-
-
-def nearest_cosine_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Min cosine distance of each query position to any prompt position.
-
-    Args:
-        query: (B, C, h, w) features.
-        prompt: (B, C, h', w') or (B, K, C, h', w') features (K prompts pooled together).
-    Returns:
-        (B, 1, h, w) distances in [0, 2].
-    """
-    b, c, h, w = query.shape
-    if prompt.dim() == 5:
-        prompt = prompt.permute(0, 2, 1, 3, 4).flatten(2)  # (B, C, K*h'*w')
-    else:
-        prompt = prompt.flatten(2)
-    if prompt.shape[0] == 1 and b > 1:
-        prompt = prompt.expand(b, -1, -1)
-    if prompt.shape[0] != b or prompt.shape[1] != c:
-        raise ValueError(f"prompt features {tuple(prompt.shape)} do not fit query features {tuple(query.shape)}")
-    q = F.normalize(query.flatten(2).float(), dim=1)  # (B, C, N)
-    p = F.normalize(prompt.float(), dim=1)  # (B, C, M)
-    best = []
-    for start in range(0, q.shape[2], chunk):  # bounded memory for large maps
-        sim = torch.einsum("bcn,bcm->bnm", q[:, :, start:start + chunk], p)
-        best.append(sim.amax(dim=2))
-    max_sim = torch.cat(best, dim=1).clamp(-1.0, 1.0)
-    return (1.0 - max_sim).view(b, 1, h, w)
 
 
 def patchmatch_map(

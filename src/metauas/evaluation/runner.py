@@ -32,12 +32,13 @@ from metauas.data import BenchmarkData, CategoryData, Sample, load_mask, open_da
 from metauas.errors import InputError
 from metauas.evaluation.patchmatch import patchmatch_map
 from metauas.metrics import METRIC_NAMES, PROTOCOLS, evaluate
+from metauas.scoring import image_scores
 from metauas.prompts import PROMPT_STRATEGIES, DescriptorCache, global_descriptor, random_prompts, rank_by_similarity
 
 __all__ = ["EvalConfig", "METHODS", "run_evaluation", "aggregate", "write_reports", "predict_maps"]
 
 METHODS = ("metauas", "patchmatch")
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: product image score (top-k mean), k-shot as pixel-wise minimum
 
 
 @dataclass
@@ -159,7 +160,7 @@ class _ModelAdapter:
                 pf: list[torch.Tensor] | None) -> torch.Tensor:
         if self.fast and qf is not None and pf is not None:
             logits = self.model.forward_features(qf, self.model.prompt_from_features(pf))
-            return torch.sigmoid(logits)
+            return self.model.probabilities(logits)
         if p.shape[0] == 1 and q.shape[0] > 1:
             p = p.expand(q.shape[0], *p.shape[1:])
         return self.model(query=q, prompt=p)
@@ -172,13 +173,16 @@ def predict_maps(
     prompts_u8: torch.Tensor,
     method: str = "metauas",
     fusion_weight: float = 0.0,
+    kshot: str = "min",
 ) -> torch.Tensor:
     """Anomaly maps (B, H, W) for uint8 query images and their prompts.
 
     ``prompts_u8``: (1,3,H,W) shared, (B,3,H,W) per query, or (B,K,3,H,W) / (1,K,3,H,W) k-shot.
     ``method``: "metauas" (model), "patchmatch" (training-free baseline); with ``fusion_weight``
     > 0 and method "metauas" the model map is fused with the patch-matching map:
-    ``(1 - w) * model + w * patchmatch`` (MetaUAS*+).
+    ``(1 - w) * model + w * patchmatch`` (MetaUAS*+). ``kshot``: with K prompts, "min" keeps
+    the pixel-wise minimum of one map per prompt (what `Segmenter` does by default), "mean" uses
+    the model's averaged k-shot path.
     """
     adapter = _ModelAdapter(model)
     q = queries_u8.float().div_(255.0)
@@ -189,7 +193,12 @@ def predict_maps(
     pf = adapter.encode(p) if need_feats else None
     if method == "patchmatch":
         return patchmatch_map(qf, pf, tuple(size))[:, 0]
-    out = adapter.predict(q, qf, p, pf)[:, 0].float()
+    if p.dim() == 5 and kshot == "min":
+        per_prompt = [adapter.predict(q, qf, p[:, k], None if pf is None else [f[:, k] for f in pf])
+                      for k in range(p.shape[1])]
+        out = torch.stack(per_prompt).amin(dim=0)[:, 0].float()
+    else:
+        out = adapter.predict(q, qf, p, pf)[:, 0].float()
     if fusion_weight > 0:
         pm = patchmatch_map(qf, pf, tuple(size))[:, 0]
         out = (1.0 - fusion_weight) * out + fusion_weight * pm
@@ -311,10 +320,14 @@ def _run_category(cfg: EvalConfig, data: BenchmarkData, cat: CategoryData, model
                     p = torch.stack([prompt_images.stack(r) for r in per_query])
             with torch.inference_mode():
                 maps[i:i + q.shape[0]] = predict_maps(model, q, p, cfg.method, fusion).cpu().numpy()
-        metrics = evaluate(loaded.masks, list(maps), labels=loaded.labels, protocol=cfg.protocol)
+        # the product's image score for the model (metauas.scoring); the baseline keeps the map maximum
+        scores = image_scores(maps) if cfg.method == "metauas" else None
+        metrics = evaluate(loaded.masks, list(maps), labels=loaded.labels, protocol=cfg.protocol,
+                           image_scores=scores)
         state["seeds"][str(seed)] = {
             "metrics": metrics,
-            "prompts": [str(x) for x in shared] if shared is not None else "per-query",
+            "prompts": [str(x) for x in shared] if shared is not None else {
+                str(s.path): [str(x) for x in r] for s, r in zip(loaded.samples, ranked or [])},
             "seconds": round(time.perf_counter() - t0, 2),
         }
         _atomic_write_text(state_path, json.dumps(_json_safe(state), indent=1))

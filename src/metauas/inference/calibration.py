@@ -3,9 +3,10 @@
 MetaUAS outputs per-pixel change probabilities; turning them into a yes/no decision needs a
 threshold that depends on the model, the input size and the normal (prompt) image. Two ways:
 
-* Good images only: the image threshold is a high quantile of the image scores (map maxima)
-  of known-good images, so at most (1 - quantile) of good images are flagged; the pixel
-  threshold equals it, so a good image below the image threshold also gets an empty mask.
+* Good images only: the image threshold is a high quantile of the image scores
+  (`metauas.scoring.image_score`) of known-good images, so at most (1 - quantile) of good
+  images are flagged; the pixel threshold is the same quantile of the good maps' maxima (at
+  least the image threshold), so good images at or below that quantile get empty masks.
 * A few labelled bad images as well: thresholds maximise F1 (image level on scores of good
   and bad images; pixel level on pixels of bad images with masks plus the good images).
 
@@ -196,21 +197,24 @@ def calibrate(segmenter: SegmenterLike, good: Sequence[Path], bad: Sequence[Path
             except InputError as exc:
                 skipped.append({"path": str(path), "error": str(exc)})
                 continue
-            yield path, segmenter.segment([rgb], names=[str(path)])[0].anomaly_map
+            result = segmenter.segment([rgb], names=[str(path)])[0]
+            yield path, result.anomaly_map, float(result.score)
 
     pixels = PixelF1()
     use_masks = bool(bad) and mask_dir is not None
     good_scores: list[float] = []
-    for _, amap in run(good):
-        good_scores.append(float(amap.max()))
+    good_maxima: list[float] = []
+    for _, amap, score in run(good):
+        good_scores.append(score)
+        good_maxima.append(float(amap.max()))
         if use_masks:
             pixels.add(amap, None)
     if not good_scores:
         raise InputError("none of the good calibration images could be read")
     bad_scores: list[float] = []
     masked = 0
-    for path, amap in run(bad):
-        bad_scores.append(float(amap.max()))
+    for path, amap, score in run(bad):
+        bad_scores.append(score)
         if use_masks:
             mask_path = find_mask(path, Path(mask_dir))  # type: ignore[arg-type]
             if mask_path is None:
@@ -226,8 +230,10 @@ def calibrate(segmenter: SegmenterLike, good: Sequence[Path], bad: Sequence[Path
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if not bad_scores:
         t = quantile_threshold(good_scores, quantile)
+        # the same quantile of the map maxima: a good image below it gets an empty mask
+        t_pixel = max(t, quantile_threshold(good_maxima, quantile))
         flagged = float(np.mean(np.asarray(good_scores) > t))
-        return Thresholds(image=t, pixel=t, method="good-quantile", quantile=quantile,
+        return Thresholds(image=t, pixel=t_pixel, method="good-quantile", quantile=quantile,
                           good_flagged=flagged, **common)
     t_image, f1_image = f1_threshold(good_scores + bad_scores, [0] * len(good_scores) + [1] * len(bad_scores))
     t_pixel, f1_pixel = (pixels.best() if masked else (t_image, None))

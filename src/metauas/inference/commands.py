@@ -25,6 +25,7 @@ from metauas.errors import InputError, MetaUASError
 UNTRAINED_NAME = "untrained-lite0"
 RESULT_FILES = ("results.json", "results.csv", "thresholds.json")
 TABLE_ROWS = 40  # summary rows printed; the rest are in results.csv
+MAX_KSHOT = 16  # prompts compared with every query (--prompt); more: --prompt-pool
 
 
 # ============================================================================ parser
@@ -68,8 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Writes <name>_map.png (16-bit), <name>_overlay.png, <name>_mask.png (when a "
                     "threshold is known), results.json and results.csv to --out.",
         epilog="Exit codes: 0 all queries processed, 1 some unreadable queries skipped, 2 error.")
-    seg.add_argument("--prompt", nargs="+", required=True, metavar="GOOD",
-                     help="normal (good) image(s), folder(s) or glob(s); several = k-shot")
+    prompt = seg.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", nargs="+", metavar="GOOD",
+                        help="normal (good) image(s), folder(s) or glob(s); several = k-shot: each "
+                             f"query is compared with all of them (pixel-wise minimum; at most {MAX_KSHOT})")
+    prompt.add_argument("--prompt-pool", nargs="+", metavar="GOOD",
+                        help="a pool of good images (folders/globs): each query is compared with its "
+                             "--pool-k most similar ones (MetaUAS*); results record which")
+    seg.add_argument("--pool-k", type=_positive_int, default=1, metavar="K",
+                     help="with --prompt-pool: prompts per query (default 1)")
     seg.add_argument("--query", nargs="+", required=True, metavar="PATH|DIR|GLOB",
                      help="query image(s), folder(s) or glob(s)")
     seg.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -278,12 +286,14 @@ def build_engine(args: argparse.Namespace, shots: int) -> Engine:
     from metauas.inference.onnx_backend import OnnxSegmenter
 
     notes = []
+    requested, shots = shots, 1  # one-shot graphs serve any number of prompts (pixel-wise minimum)
     folder = Path(args.onnx) if args.onnx else _onnx_cache_dir(digest, size, shots)
     try:
         meta = OnnxMetadata.read(folder)
     except InputError:
         meta = None
-    if meta is not None and (meta.model_digest != digest or meta.size != size or meta.shots != shots):
+    if meta is not None and (meta.model_digest != digest or meta.size != size
+                             or meta.shots not in (1, requested)):
         if args.onnx:
             raise InputError(f"the ONNX export {folder} does not match this model/size/prompt count "
                              f"(export: size {meta.size}, {meta.shots} prompt(s)); export again")
@@ -391,11 +401,11 @@ def _write_result_files(out: Path, summary: dict[str, Any]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["query", "name", "width", "height", "score", "decision", "anomalous_fraction",
-                     "map", "overlay", "mask"])
+                     "map", "overlay", "mask", "prompts"])
     for r in summary["results"]:
         writer.writerow([r["query"], r["name"], r["width"], r["height"], f"{r['score']:.6f}", r["decision"] or "",
                          "" if r["anomalous_fraction"] is None else f"{r['anomalous_fraction']:.6f}",
-                         r["map"], r["overlay"], r["mask"] or ""])
+                         r["map"], r["overlay"], r["mask"] or "", ";".join(r.get("prompts", []))])
     _atomic_text(out / "results.csv", buffer.getvalue())
 
 
@@ -410,15 +420,24 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.threshold is None and args.thresholds is None and args.calibrate is None and (
             args.calibrate_bad or args.calibrate_masks):
         raise InputError("--calibrate-bad/--calibrate-masks need --calibrate DIR_OF_GOOD")
-    prompts = resolve_images(args.prompt, "prompt")
+    pool = args.prompt_pool is not None
+    prompts = resolve_images(args.prompt_pool if pool else args.prompt, "prompt")
+    if not pool and len(prompts) > MAX_KSHOT:
+        raise InputError(f"{len(prompts)} prompt images given; k-shot takes at most {MAX_KSHOT} "
+                         "(use --prompt-pool to pick the most similar ones per query)")
+    if pool and args.backend != "torch":
+        raise InputError("--prompt-pool needs --backend torch")
     queries = resolve_images(args.query, "query")
     names = output_names(queries)
     out = Path(args.out).expanduser()
     planned = [f"{n}{suffix}" for n in names for suffix in ("_map.png", "_overlay.png", "_mask.png")]
     prepare_output_dir(out, planned + list(RESULT_FILES), args.overwrite)
 
-    engine = build_engine(args, shots=len(prompts))
-    engine.segmenter.set_prompt([str(p) for p in prompts])
+    engine = build_engine(args, shots=1 if pool else len(prompts))
+    if pool:
+        engine.segmenter.set_prompt_pool([str(p) for p in prompts], k=args.pool_k)
+    else:
+        engine.segmenter.set_prompt([str(p) for p in prompts])
     thresholds, source = _known_thresholds(args, engine, prompts)
     if thresholds is not None and args.calibrate is None and source != "--threshold":
         print(f"using thresholds from {source}: {thresholds.describe()}")
@@ -457,7 +476,7 @@ def run_segment(args: argparse.Namespace) -> int:
                 rows.append({"query": str(path), "name": name, "width": int(rgb.shape[1]),
                              "height": int(rgb.shape[0]), "score": float(result.score), "decision": decision,
                              "anomalous_fraction": fraction, "map": map_file, "overlay": overlay_file,
-                             "mask": mask_file})
+                             "mask": mask_file, "prompts": [str(prompts[i]) for i in result.prompts]})
                 bar.update(1)
     except OSError as exc:
         raise InputError(f"cannot write results to {out}: {exc.strerror or exc}") from None
@@ -473,6 +492,9 @@ def run_segment(args: argparse.Namespace) -> int:
     summary = {
         "model": engine.model_name, "model_digest": engine.digest, "backend": engine.backend,
         "onnx": engine.onnx_dir, "size": int(engine.segmenter.size), "prompts": [str(p) for p in prompts],
+        "prompt_mode": f"pool (k={args.pool_k} most similar per query)" if pool else (
+            "k-shot (pixel-wise minimum over prompts)" if len(prompts) > 1 else "one-shot"),
+        "score_rule": "mean of the top 0.1 % of the anomaly map (metauas.scoring.image_score)",
         "prompt_fingerprint": fingerprint(prompts),
         "thresholds": None if thresholds is None else {**thresholds.to_dict(), "source": source},
         "decision_rule": "anomalous when score > thresholds.image; mask pixel when p > thresholds.pixel",

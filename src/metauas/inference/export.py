@@ -172,7 +172,7 @@ class DecoderGraph(nn.Module):
                 keys[level] = rest[n + i]
         # f0 is never fused or decoded; its slot only carries the batch size for expand_to
         logits = self.model.forward_features([query[0]] + query, PromptFeatures(features, keys))  # type: ignore[arg-type]
-        return torch.sigmoid(logits)
+        return self.model.probabilities(logits)
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
@@ -265,7 +265,7 @@ def verify_export(model: MetaUAS, folder: Path, meta: OnnxMetadata, batch: int =
     queries = torch.rand(batch, 3, meta.size, meta.size, generator=gen)
     with torch.inference_mode():
         prepared = model.prepare_prompt(prompts[None] if meta.shots > 1 else prompts)
-        expected = torch.sigmoid(model.forward_features(model.encode(queries), prepared)).numpy()
+        expected = model.probabilities(model.forward_features(model.encode(queries), prepared)).numpy()
     runner.set_prompt_tensor(prompts.numpy())
     got = runner.predict(queries.numpy())
     return float(np.abs(got - expected).max())

@@ -17,7 +17,8 @@ import torch
 from metauas.errors import InputError, MetaUASError
 from metauas.inference.export import DECODER_FILE, ENCODER_FILE, PROMPT_FILE, OnnxMetadata
 from metauas.inference.images import ImageLike, load_image, to_model_tensor
-from metauas.inference.segmenter import SegmentationResult, Segmenter
+from metauas.inference.segmenter import SegmentationResult, to_original_size
+from metauas.scoring import DEFAULT_TOP_FRACTION, image_score
 
 
 def _session(path: Path, threads: int | None):
@@ -46,7 +47,7 @@ class OnnxRunner:
         self.encoder = _session(self.folder / ENCODER_FILE, threads)
         self.prompt = _session(self.folder / PROMPT_FILE, threads)
         self.decoder = _session(self.folder / DECODER_FILE, threads)
-        self._prompt_inputs: dict[str, np.ndarray] | None = None
+        self._prompt_inputs: list[dict[str, np.ndarray]] = []
 
     @property
     def size(self) -> int:
@@ -57,24 +58,37 @@ class OnnxRunner:
         return self.encoder.run(None, {"image": np.ascontiguousarray(images, dtype=np.float32)})
 
     def set_prompt_tensor(self, prompts: np.ndarray) -> None:
-        """(K,3,S,S) prompt images -> cached decoder prompt inputs."""
-        if prompts.shape[0] != self.meta.shots:
+        """(K,3,S,S) prompt images -> cached decoder prompt inputs.
+
+        A one-shot export (the default) takes any K: each prompt is prepared on its own and
+        `predict` keeps the pixel-wise minimum over prompts, as `Segmenter(kshot="min")` does.
+        An export made for K > 1 shots (model's averaged k-shot path) needs exactly K prompts.
+
+        Raises:
+            InputError: when a K-shot export gets another number of prompts.
+        """
+        if self.meta.shots > 1 and prompts.shape[0] != self.meta.shots:
             raise InputError(f"this ONNX export expects {self.meta.shots} prompt image(s), got "
                              f"{prompts.shape[0]}; export again with --shots {prompts.shape[0]}")
-        features = self.encode(prompts)
-        feeds = {f"f{level}": features[level - 1] for level in self.meta.aligned_levels}
-        outputs = self.prompt.run(None, feeds)
+        groups = [prompts] if self.meta.shots > 1 else [prompts[i:i + 1] for i in range(prompts.shape[0])]
         names = [o.name for o in self.prompt.get_outputs()]
-        self._prompt_inputs = dict(zip(names, outputs))
+        self._prompt_inputs = []
+        for group in groups:
+            features = self.encode(group)
+            feeds = {f"f{level}": features[level - 1] for level in self.meta.aligned_levels}
+            self._prompt_inputs.append(dict(zip(names, self.prompt.run(None, feeds))))
 
     def predict(self, queries: np.ndarray) -> np.ndarray:
-        """(B,3,S,S) float32 in [0,1] -> probabilities (B,1,S,S) against the cached prompt."""
-        if self._prompt_inputs is None:
+        """(B,3,S,S) float32 in [0,1] -> probabilities (B,1,S,S) against the cached prompt(s)."""
+        if not self._prompt_inputs:
             raise InputError("no prompt set: call set_prompt() with a normal image first")
         features = self.encode(queries)
         feeds = {f"q{i}": f for i, f in enumerate(features, start=1)}
-        feeds.update(self._prompt_inputs)
-        return self.decoder.run(["prob"], feeds)[0]
+        out = None
+        for prompt_inputs in self._prompt_inputs:
+            prob = self.decoder.run(["prob"], {**feeds, **prompt_inputs})[0]
+            out = prob if out is None else np.minimum(out, prob)
+        return out
 
 
 class OnnxSegmenter:
@@ -82,8 +96,10 @@ class OnnxSegmenter:
 
     backend = "onnxruntime"
 
-    def __init__(self, folder: str | os.PathLike, batch_size: int = 8, threads: int | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, batch_size: int = 8, threads: int | None = None,
+                 top_fraction: float = DEFAULT_TOP_FRACTION) -> None:
         self.runner = OnnxRunner(folder, threads=threads)
+        self.top_fraction = top_fraction
         self.size = self.runner.size
         self.batch_size = batch_size
         self.num_prompts = 0
@@ -111,6 +127,7 @@ class OnnxSegmenter:
             batch = torch.cat([to_model_tensor(rgb, self.size) for rgb in rgbs]).numpy()
             maps = torch.from_numpy(self.runner.predict(batch))
             for rgb, prob, name in zip(rgbs, maps, names[start:start + step]):
-                full = Segmenter._to_original_size(prob, rgb.shape[:2])
-                results.append(SegmentationResult(full, float(full.max()), name))
+                full = to_original_size(prob, rgb.shape[:2])
+                results.append(SegmentationResult(full, image_score(full, self.top_fraction), name,
+                                                  list(range(self.num_prompts))))
         return results

@@ -1,8 +1,21 @@
-"""Fast, bounded inference: encode the prompt once, segment many queries in batches.
+"""Fast, bounded inference: encode the prompt(s) once, segment many queries in batches.
 
 The official code re-encodes the prompt for every query; here the prompt's encoder features
 and its alignment keys are computed once (`set_prompt`) and reused, so each query costs one
 encoder pass plus the alignment/decoder.
+
+Several normal images can be given in two ways:
+
+* ``set_prompt([g1, g2, ...])`` (k-shot): every query is compared with every prompt. With
+  ``kshot="min"`` (default) each prompt gives its own map and the pixel-wise minimum is kept:
+  a pixel is anomalous only if it differs from *every* normal image, so a query identical to
+  one of the prompts scores no higher than with that prompt alone. ``kshot="mean"`` is the
+  model's own k-shot path (aligned prompt features averaged before decoding).
+* ``set_prompt_pool([g1, ..., gN], k=1)`` (the paper's MetaUAS*, "best" prompt): per query,
+  the k pool images whose global encoder descriptor is most cosine-similar are chosen
+  (`metauas.prompts.global_descriptor` / `rank_by_similarity`, the code ``metauas eval
+  --prompt best`` uses) and the query is compared with those (pixel-wise minimum as above).
+  Each result records which pool images were used.
 
 With `optimize=True` (the default) queries run through `metauas.models.fast.optimize_for_inference`,
 an inference copy of the model (BatchNorm folded, channels_last, cheaper last UNet block) whose
@@ -13,7 +26,7 @@ not seen; build a new Segmenter after training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -24,13 +37,29 @@ from metauas.errors import InputError
 from metauas.inference.images import ImageLike, load_image, to_model_tensor
 from metauas.models import DEFAULT_MODEL, MetaUAS, PromptFeatures, load_model
 from metauas.models.fast import optimize_for_inference, prepare_input
+from metauas.prompts import global_descriptor, rank_by_similarity
+from metauas.scoring import DEFAULT_TOP_FRACTION, image_score
+
+KSHOT_MODES = ("min", "mean")
+MAX_POOL = 256  # prompt-pool images kept encoded in memory (~2 MB each at 256 px)
 
 
 @dataclass
 class SegmentationResult:
-    anomaly_map: np.ndarray  # (H, W) float32 in [0, 1], at the query's original resolution
-    score: float  # image-level anomaly score = max of the map (as in the paper)
+    """One query's result.
+
+    Attributes:
+        anomaly_map: (H, W) float32 in [0, 1] at the query's original resolution.
+        score: image-level anomaly score in [0, 1] (`metauas.scoring.image_score` of the map).
+        name: the query's name.
+        prompts: indices of the prompt images compared with this query (into the list given
+            to `set_prompt` or `set_prompt_pool`).
+    """
+
+    anomaly_map: np.ndarray
+    score: float
     name: str = ""
+    prompts: list[int] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -43,11 +72,33 @@ def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
     return [images]  # type: ignore[list-item]
 
 
+def to_original_size(prob: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    """(1, S, S) map -> (H, W) float32 in [0, 1], resized bilinearly to the query's size."""
+    if tuple(prob.shape[-2:]) != tuple(hw):
+        prob = F.interpolate(prob[None], size=hw, mode="bilinear", align_corners=False)[0]
+    return prob[0].clamp(0, 1).numpy().astype(np.float32)
+
+
 class Segmenter:
-    """Anomaly segmentation of query images against one or several normal prompt images."""
+    """Anomaly segmentation of query images against one or several normal prompt images.
+
+    Args:
+        model: a `MetaUAS` or the name/path of one (default: the bundled default model).
+        size: model input size in px (multiple of 32; default: the model's training size).
+        device: torch device.
+        batch_size: queries per model call.
+        optimize: run the inference-optimised copy of the model (same maps within 1e-4).
+        kshot: "min" (pixel-wise minimum of one map per prompt) or "mean" (the model's
+            averaged k-shot path); see the module docstring.
+        top_fraction: share of pixels averaged into the image score (`metauas.scoring`).
+    Raises:
+        InputError: for an invalid size, batch size or k-shot mode.
+        CheckpointError: when the model name/path cannot be loaded.
+    """
 
     def __init__(self, model: MetaUAS | str = DEFAULT_MODEL, size: int | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 8, optimize: bool = True) -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 8, optimize: bool = True,
+                 kshot: str = "min", top_fraction: float = DEFAULT_TOP_FRACTION) -> None:
         self.model = load_model(model) if isinstance(model, str) else model
         self.model.eval()
         self.size = int(size or self.model.config.image_size)
@@ -55,56 +106,143 @@ class Segmenter:
             raise InputError(f"size must be a positive multiple of 32, got {self.size}")
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
+        if kshot not in KSHOT_MODES:
+            raise InputError(f"kshot must be one of {KSHOT_MODES}, got {kshot!r}")
+        if not 0.0 <= top_fraction <= 1.0:
+            raise InputError(f"top_fraction must be in [0, 1], got {top_fraction}")
         self.device = torch.device(device)
         self.model.to(self.device)
         self.optimize = optimize
         # the network that actually runs: the model itself or its optimized inference copy
         self.inference_model: MetaUAS = optimize_for_inference(self.model) if optimize else self.model
         self.batch_size = batch_size
-        self._prompt: PromptFeatures | None = None
+        self.kshot = kshot
+        self.top_fraction = top_fraction
+        self._prompts: list[PromptFeatures] = []  # one entry per prompt (or one stacked, kshot=mean)
+        self._pool: torch.Tensor | None = None  # (N, C) descriptors when a prompt pool is set
+        self.pool_k = 1
         self.num_prompts = 0
 
     # ------------------------------------------------------------------ prompt
     def set_prompt(self, images: ImageLike | Sequence[ImageLike]) -> None:
-        """Encode one normal image (or K of them for k-shot) once, for all later queries."""
+        """Encode one normal image (or K of them for k-shot) once, for all later queries.
+
+        Raises:
+            InputError: when no image is given or an image cannot be read.
+        """
         prompts = _as_list(images)
         if not prompts:
             raise InputError("at least one prompt image is needed")
-        tensors = [to_model_tensor(load_image(p), self.size) for p in prompts]
-        self.set_prompt_tensor(torch.cat(tensors))
+        self.set_prompt_tensor(torch.cat([to_model_tensor(load_image(p), self.size) for p in prompts]))
 
     def set_prompt_tensor(self, prompts: torch.Tensor) -> None:
-        """Like `set_prompt` for (K,3,S,S) model-sized float tensors in [0,1] (K prompts)."""
+        """Like `set_prompt` for (K,3,S,S) model-sized float tensors in [0,1] (K prompts).
+
+        Raises:
+            InputError: when the tensor is not (K,3,S,S) at this segmenter's size.
+        """
+        batch = self._check_prompt_tensor(prompts)
+        net = self.inference_model
+        with torch.inference_mode():
+            if self.kshot == "mean" and batch.shape[0] > 1:
+                self._prompts = [net.prepare_prompt(batch[None])]  # (1,K,3,S,S): averaged k-shot
+            else:
+                self._prompts = [net.prepare_prompt(prepare_input(net, batch[i:i + 1]))
+                                 for i in range(batch.shape[0])]
+        self._pool = None
+        self.num_prompts = int(batch.shape[0])
+
+    def set_prompt_pool(self, images: Sequence[ImageLike], k: int = 1) -> None:
+        """A pool of normal images; each query is compared with its ``k`` most similar ones.
+
+        Raises:
+            InputError: for an empty pool, more than MAX_POOL images, k < 1 or unreadable images.
+        """
+        images = _as_list(images)
+        if not images:
+            raise InputError("the prompt pool is empty")
+        if len(images) > MAX_POOL:
+            raise InputError(f"the prompt pool has {len(images)} images; at most {MAX_POOL} are supported")
+        self.set_prompt_pool_tensor(torch.cat([to_model_tensor(load_image(p), self.size) for p in images]), k)
+
+    def set_prompt_pool_tensor(self, pool: torch.Tensor, k: int = 1) -> None:
+        """Like `set_prompt_pool` for (N,3,S,S) model-sized float tensors in [0,1]."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        batch = self._check_prompt_tensor(pool)
+        net = self.inference_model
+        prompts, descriptors = [], []
+        with torch.inference_mode():
+            for i in range(batch.shape[0]):
+                features = net.encode(prepare_input(net, batch[i:i + 1]))
+                prompts.append(net.prompt_from_features(features))
+                descriptors.append(global_descriptor(features))
+        self._prompts = prompts
+        self._pool = torch.cat(descriptors)
+        self.pool_k = min(int(k), len(prompts))
+        self.num_prompts = len(prompts)
+
+    def _check_prompt_tensor(self, prompts: torch.Tensor) -> torch.Tensor:
         if prompts.dim() == 3:
             prompts = prompts[None]
         if prompts.dim() != 4 or prompts.shape[0] < 1 or prompts.shape[1] != 3 \
                 or tuple(prompts.shape[-2:]) != (self.size, self.size):
             raise InputError(f"prompt tensor must be (K,3,{self.size},{self.size}), got {tuple(prompts.shape)}")
-        batch = prompts.to(self.device, torch.float32)
-        net = self.inference_model
-        with torch.inference_mode():
-            # one prompt: (1,3,S,S); K prompts: (1,K,3,S,S) (k-shot, aligned features averaged)
-            prompt_input = batch[None] if batch.shape[0] > 1 else prepare_input(net, batch)
-            self._prompt = net.prepare_prompt(prompt_input)
-        self.num_prompts = int(batch.shape[0])
+        return prompts.to(self.device, torch.float32)
 
     @property
     def prompt_features(self) -> PromptFeatures:
-        if self._prompt is None:
+        """The first prompt's cached features (all prompts: `prompts_for`)."""
+        if not self._prompts:
             raise InputError("no prompt set: call set_prompt() with a normal image first")
-        return self._prompt
+        return self._prompts[0]
 
     # ------------------------------------------------------------------ queries
-    def predict_tensor(self, queries: torch.Tensor) -> torch.Tensor:
-        """(B,3,S,S) in [0,1] -> anomaly probabilities (B,1,S,S), using the cached prompt."""
-        prompt = self.prompt_features
+    def prompts_for(self, query_features: list[torch.Tensor]) -> list[list[int]]:
+        """Indices of the prompts each query of a batch is compared with."""
+        if not self._prompts:
+            raise InputError("no prompt set: call set_prompt() with a normal image first")
+        n = query_features[0].shape[0]
+        if self._pool is None:
+            return [list(range(len(self._prompts)))] * n
+        ranked = rank_by_similarity(global_descriptor(query_features), self._pool, self.pool_k)
+        return [[int(i) for i in row] for row in ranked]
+
+    def predict_tensor(self, queries: torch.Tensor, return_prompts: bool = False):
+        """(B,3,S,S) in [0,1] -> anomaly probabilities (B,1,S,S), using the cached prompt(s).
+
+        With several prompts per query the pixel-wise minimum over prompts is returned (the
+        logits' minimum, so the same as the probabilities' minimum). ``return_prompts=True``
+        also returns the prompt indices used per query.
+        """
         net = self.inference_model
         with torch.inference_mode():
             features = net.encode(prepare_input(net, queries.to(self.device)))
-            return torch.sigmoid(net.forward_features(features, prompt)).contiguous()
+            chosen = self.prompts_for(features)
+            users: dict[int, list[int]] = {}
+            for q, ids in enumerate(chosen):
+                for p in ids:
+                    users.setdefault(p, []).append(q)
+            logits: torch.Tensor | None = None
+            for p, qs in users.items():
+                index = torch.tensor(qs, device=features[0].device)
+                part = net.forward_features([f.index_select(0, index) for f in features], self._prompts[p])
+                if logits is None:
+                    logits = torch.full((features[0].shape[0], *part.shape[1:]), float("inf"),
+                                        dtype=part.dtype, device=part.device)
+                logits[index] = torch.minimum(logits[index], part)
+            probs = self.model.probabilities(logits).contiguous()  # type: ignore[arg-type]
+        return (probs, chosen) if return_prompts else probs
 
     def segment(self, queries: ImageLike | Sequence[ImageLike], batch_size: int | None = None,
                 names: Sequence[str] | None = None) -> list[SegmentationResult]:
+        """Segment query images (paths, PIL images, arrays or tensors, any size).
+
+        Returns:
+            One `SegmentationResult` per query, maps at each query's original resolution.
+        Raises:
+            InputError: when no prompt is set or a query cannot be read.
+        """
         items = _as_list(queries)
         names = list(names) if names is not None else [
             str(q) if isinstance(q, (str, bytes)) or hasattr(q, "__fspath__") else f"query{i}"
@@ -114,17 +252,16 @@ class Segmenter:
         for start in range(0, len(items), step):
             rgbs = [load_image(q) for q in items[start:start + step]]
             batch = torch.cat([to_model_tensor(rgb, self.size) for rgb in rgbs])
-            maps = self.predict_tensor(batch).float().cpu()
-            for rgb, prob, name in zip(rgbs, maps, names[start:start + step]):
-                full = self._to_original_size(prob, rgb.shape[:2])
-                results.append(SegmentationResult(full, float(full.max()), name))
+            maps, chosen = self.predict_tensor(batch, return_prompts=True)
+            for rgb, prob, name, ids in zip(rgbs, maps.float().cpu(), names[start:start + step], chosen):
+                full = to_original_size(prob, rgb.shape[:2])
+                results.append(SegmentationResult(full, image_score(full, self.top_fraction), name, list(ids)))
         return results
 
     def segment_one(self, query: ImageLike) -> SegmentationResult:
+        """`segment` of a single query."""
         return self.segment([query])[0]
 
     @staticmethod
     def _to_original_size(prob: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
-        if tuple(prob.shape[-2:]) != tuple(hw):
-            prob = F.interpolate(prob[None], size=hw, mode="bilinear", align_corners=False)[0]
-        return prob[0].clamp(0, 1).numpy().astype(np.float32)
+        return to_original_size(prob, hw)

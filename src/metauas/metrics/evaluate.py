@@ -208,6 +208,7 @@ def evaluate(
     protocol: str = "exact",
     pixel: bool = True,
     fpr_limit: float = 0.3,
+    image_scores: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Seven anomaly metrics of one category.
 
@@ -220,6 +221,8 @@ def evaluate(
         protocol: "exact" (default) or "metauas" (see module docstring).
         pixel: set False to skip the pixel metrics (they are then NaN).
         fpr_limit: FPR integration limit of AUPRO.
+        image_scores: per image its anomaly score for the image metrics; default: the maximum
+            of its map (the paper's rule). Ignored by the "metauas" protocol (normalised maxima).
 
     Returns:
         dict metric name -> float in [0, 1], NaN where undefined (e.g. a single class).
@@ -250,7 +253,12 @@ def evaluate(
         scale = (hi - lo) if hi > lo else dt(1.0)
         maps = [(m - lo) / scale for m in maps]
 
-    img_scores = np.array([float(np.max(m)) for m in maps])
+    if image_scores is not None and protocol == "exact":
+        img_scores = np.asarray(image_scores, dtype=np.float64).ravel()
+        if img_scores.size != len(maps):
+            raise InputError(f"{img_scores.size} image scores but {len(maps)} anomaly maps")
+    else:
+        img_scores = np.array([float(np.max(m)) for m in maps])
     if not np.isfinite(img_scores).all() or any(np.isnan(np.min(m)) for m in maps):
         raise InputError("anomaly maps contain NaN or infinite values")
     im = binary_metrics(lab, img_scores)

@@ -25,6 +25,7 @@ class ModelConfig:
     image_size: int = 256  # size the model was trained for (metadata, used by Segmenter)
     encoder_head: bool | None = None  # keep the unused classifier-head conv (official layout)
     comparison: str = "none"  # none (paper) | cosine (explicit comparison signals, models/comparison.py)
+    temperature: float = 1.0  # anomaly map = sigmoid(logits / temperature) (calibration; 1 = paper)
 
     def validate(self) -> None:
         if self.encoder not in ENCODERS:
@@ -37,6 +38,8 @@ class ModelConfig:
             raise ValueError("num_aligned must be between 0 and 5")
         if self.image_size % 32:
             raise ValueError("image_size must be a multiple of 32")
+        if not 0.05 <= float(self.temperature) <= 100.0:
+            raise ValueError(f"temperature must be in [0.05, 100], got {self.temperature}")
         if self.comparison not in COMPARISON_TYPES:
             raise ValueError(f"unknown comparison {self.comparison!r}; choose from {COMPARISON_TYPES}")
 
@@ -177,8 +180,14 @@ class MetaUAS(nn.Module):
     def logits(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         return self.forward_features(self.encode(query), self.prepare_prompt(prompt))
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Anomaly map from logits: sigmoid(logits / config.temperature), values in [0, 1]."""
+        t = float(self.config.temperature)
+        return torch.sigmoid(logits if t == 1.0 else logits / t)
+
     def forward(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(query, prompt))
+        """Anomaly map (B,1,H,W) in [0,1] of queries (B,3,H,W) against prompts; see the class doc."""
+        return self.probabilities(self.logits(query, prompt))
 
     # ------------------------------------------------------------------ info
     def trainable_parameters(self) -> list[nn.Parameter]:

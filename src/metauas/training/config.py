@@ -52,6 +52,7 @@ class TrainConfig:
     val_photos: str = ""  # held-out images (other sources); empty = split by source automatically
     synthesis: dict[str, Any] = field(default_factory=dict)  # SynthesisConfig overrides
     num_workers: int = 0
+    fast_encoder: bool = True  # CPU: frozen encoder through its inference-optimised copy (~2x faster)
     cache_features: bool = False  # precompute frozen-encoder features for a fixed pool of pairs
     cache_pool: int = 512
     cache_start: int = 0  # first synthetic item of the pool (a later stage can use fresh pairs)

@@ -101,16 +101,30 @@ class CachedPairs(Dataset):
 
 # ---------------------------------------------------------------------------- model step
 class ChangeStep(nn.Module):
-    """query/prompt (images, or cached features f1..f5) -> logits; wrapped by DDP when distributed."""
+    """query/prompt (images, or cached features f1..f5) -> logits; wrapped by DDP when distributed.
 
-    def __init__(self, model: MetaUAS) -> None:
+    ``frozen_encoder``: an optional inference copy of the model (`optimize_for_inference`) whose
+    encoder computes the frozen features faster (same values within float rounding).
+    """
+
+    def __init__(self, model: MetaUAS, frozen_encoder: MetaUAS | None = None) -> None:
         super().__init__()
         self.model = model
+        self._fast = [frozen_encoder] if frozen_encoder is not None else []  # not a submodule
+
+    def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if not self._fast:
+            return self.model.encode(images)
+        from metauas.models.fast import prepare_input
+
+        net = self._fast[0]
+        with torch.no_grad():
+            return [f.contiguous() for f in net.encode(prepare_input(net, images))]
 
     def forward(self, query: Any, prompt: Any) -> torch.Tensor:
         m = self.model
         if isinstance(query, torch.Tensor):
-            qf, pf = m.encode(query), m.encode(prompt)
+            qf, pf = self._encode(query), self._encode(prompt)
         else:  # cached features without f0 (the decoder never reads f0)
             qf, pf = [query[0]] + list(query), [prompt[0]] + list(prompt)
         return m.forward_features(qf, m.prompt_from_features(pf))
@@ -247,7 +261,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
         train_log.truncate_after(start_step)
         val_log.truncate_after(start_step)
 
-    step_module: nn.Module = ChangeStep(model)
+    fast = None
+    if device.type == "cpu" and cfg.fast_encoder and not cfg.cache_features:
+        from metauas.models.fast import optimize_for_inference
+
+        fast = optimize_for_inference(model)  # only its frozen encoder is used
+    step_module: nn.Module = ChangeStep(model, fast)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if use_cuda else None)
 

@@ -191,7 +191,7 @@ class SegmentService:
         self.model_ref = model_ref
         self.config = config or WebConfig()
         self.lock = threading.Lock()
-        self._prompt_key: str | None = None
+        self._prompt_key: tuple[str, bool] | None = None
         self.calls = 0
 
     def info(self) -> dict[str, Any]:
@@ -221,8 +221,11 @@ class SegmentService:
         return (stored.image, "calibration") if stored is not None else (None, "")
 
     def run(self, prompts: list[tuple[str, bytes]], queries: list[tuple[str, bytes]],
-            threshold: float | None, as_zip: bool) -> tuple[dict[str, Any], bytes | None]:
-        """Decode, segment under the lock, render; raises ApiError for bad input."""
+            threshold: float | None, as_zip: bool, pool: bool = False) -> tuple[dict[str, Any], bytes | None]:
+        """Decode, segment under the lock, render; raises ApiError for bad input.
+
+        ``pool``: the prompts are a pool; each query is compared with its most similar one.
+        """
         from metauas.inference.calibration import fingerprint
 
         started = time.perf_counter()
@@ -231,21 +234,29 @@ class SegmentService:
         key = fingerprint([data for _, data in prompts])
         used: set[str] = set()
         names = [_safe_stem(name, used) for name, _ in queries]
+        if pool and not hasattr(self.segmenter, "set_prompt_pool"):
+            raise ApiError(400, f"prompt pools need the torch backend (this server runs {self.backend})")
         with self.lock:
-            if self._prompt_key != key:
+            if self._prompt_key != (key, pool):
                 self._prompt_key = None
-                self.segmenter.set_prompt(prompt_rgbs)
-                self._prompt_key = key
+                if pool:
+                    self.segmenter.set_prompt_pool(prompt_rgbs, k=1)
+                else:
+                    self.segmenter.set_prompt(prompt_rgbs)
+                self._prompt_key = (key, pool)
             results = self.segmenter.segment(query_rgbs, names=names)
             self.calls += 1
         t, source = self._threshold(threshold, key)
         payload: dict[str, Any] = {"model": self.model_name, "backend": self.backend,
                                    "size": int(self.segmenter.size), "num_prompts": len(prompts),
+                                   "prompt_mode": "pool" if pool else ("k-shot" if len(prompts) > 1 else "one-shot"),
                                    "threshold": t, "threshold_source": source, "results": []}
         archive = io.BytesIO() if as_zip else None
         zf = zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) if archive is not None else None
         for (filename, _), name, rgb, result in zip(queries, names, query_rgbs, results):
-            payload["results"].append(self._render(filename, name, rgb, result, t, zf))
+            entry = self._render(filename, name, rgb, result, t, zf)
+            entry["prompts"] = [prompts[i][0] for i in getattr(result, "prompts", [])]
+            payload["results"].append(entry)
         payload["seconds"] = round(time.perf_counter() - started, 3)
         if zf is not None:
             _zip_tables(zf, payload)
@@ -295,10 +306,10 @@ def _zip_tables(zf: zipfile.ZipFile, payload: dict[str, Any]) -> None:
     zf.writestr("results.json", json.dumps(payload, indent=2))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["query", "name", "width", "height", "score", "decision", "map", "overlay", "mask"])
+    writer.writerow(["query", "name", "width", "height", "score", "decision", "map", "overlay", "mask", "prompts"])
     for r in rows:
         writer.writerow([r["filename"], r["name"], r["width"], r["height"], f"{r['score']:.6f}", r["decision"] or "",
-                         r["map"], r["overlay"], r["mask"] or ""])
+                         r["map"], r["overlay"], r["mask"] or "", ";".join(r.get("prompts", []))])
     zf.writestr("results.csv", buffer.getvalue())
 
 
@@ -362,6 +373,9 @@ def create_app(service: SegmentService) -> Any:
             fmt = str(form.get("format") or "json")
             if fmt not in ("json", "zip"):
                 raise ApiError(400, "format must be 'json' or 'zip'")
+            mode = str(form.get("prompt_mode") or "kshot")
+            if mode not in ("kshot", "pool"):
+                raise ApiError(400, "prompt_mode must be 'kshot' or 'pool'")
             for upload in prompts + queries:
                 if upload.size is not None and upload.size > config.max_file_bytes:
                     raise ApiError(413, f"'{upload.filename}': file too large (limit {config.max_file_mb:g} MiB)")
@@ -370,7 +384,8 @@ def create_app(service: SegmentService) -> Any:
         finally:
             await form.close()
         try:
-            payload, archive = await run_in_threadpool(service.run, prompt_data, query_data, threshold, fmt == "zip")
+            payload, archive = await run_in_threadpool(service.run, prompt_data, query_data, threshold, fmt == "zip",
+                                                       mode == "pool")
         except InputError as exc:
             raise ApiError(400, str(exc)) from None
         if archive is not None:

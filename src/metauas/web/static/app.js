@@ -70,6 +70,7 @@ function formData(extra) {
   state.prompts.forEach((f) => form.append("prompt", f.blob, f.name));
   state.queries.forEach((f) => form.append("query", f.blob, f.name));
   Object.entries(extra || {}).forEach(([k, v]) => form.append(k, v));
+  if ($("pool-mode").checked) form.append("prompt_mode", "pool");
   return form;
 }
 
@@ -140,6 +141,7 @@ async function render(data) {
     score.className = "score";
     score.textContent = `score ${r.score.toFixed(3)}`;
     score.dataset.score = r.score;
+    if (r.prompts && r.prompts.length) score.title = `compared with: ${r.prompts.join(", ")}`;
     const badge = document.createElement("span");
     badge.className = "badge";
     const links = document.createElement("span");
