@@ -22,7 +22,6 @@ import io
 import json
 import threading
 import time
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,10 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from metauas.errors import InputError
+from metauas.errors import ImageTooLargeError, InputError, UnsupportedImageError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 EXAMPLE_PAIRS = ({"name": "brick", "prompt": "prompt.png", "query": "query.png"},)
@@ -134,32 +132,26 @@ def find_examples_dir() -> Path | None:
 
 
 def decode_upload(data: bytes, name: str, config: WebConfig) -> np.ndarray:
-    """Uploaded bytes -> RGB uint8, with HTTP status codes for the ways this fails."""
-    from metauas.inference.images import MIN_SIDE, load_image
+    """Uploaded bytes -> (H, W, 3) uint8 RGB through the shared untrusted-image boundary.
+
+    Raises:
+        ApiError: 400 (empty, corrupt, truncated, too small), 413 (file or pixel count over the
+            limits) or 415 (not PNG, JPEG, BMP, TIFF or WebP).
+    """
+    from metauas.inference.images import ALLOWED_DESCRIPTION, MIN_SIDE, decode_image
 
     if not data:
         raise ApiError(400, f"{name}: empty file")
     if len(data) > config.max_file_bytes:
         raise ApiError(413, f"{name}: file too large ({len(data) / 2**20:.1f} MiB; limit {config.max_file_mb:g} MiB)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > config.max_pixels:
-                    raise ApiError(413, f"{name}: image too large ({image.width}x{image.height}; limit "
-                                        f"{config.max_pixels:,} pixels)")
-                image.load()
-                rgb = load_image(image, name=name)
-    except ApiError:
-        raise
-    except UnidentifiedImageError:
-        raise ApiError(415, f"{name}: not a supported image (PNG, JPEG, BMP, TIFF or WebP)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, f"{name}: image too large (possible decompression bomb)") from None
+        rgb = decode_image(data, name, max_pixels=config.max_pixels)
+    except UnsupportedImageError:
+        raise ApiError(415, f"{name}: not a supported image ({ALLOWED_DESCRIPTION})") from None
+    except ImageTooLargeError as exc:
+        raise ApiError(413, str(exc)) from None
     except InputError as exc:
         raise ApiError(400, str(exc)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(400, f"{name}: corrupt or truncated image ({str(exc)[:120]})") from None
     if min(rgb.shape[:2]) < MIN_SIDE:
         raise ApiError(400, f"{name}: image too small")
     return rgb
