@@ -117,6 +117,32 @@ def decode_image(source: Path | bytes, what: str, max_pixels: int | None = None)
         raise InputError(f"{what}: corrupt or truncated image ({detail})") from None
 
 
+def probe_image(source: Path | bytes, what: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of an untrusted image from its header, without decoding the pixels.
+
+    Raises the same errors as `decode_image` for unsupported formats and oversized images
+    (a corrupt body is only found when decoding).
+    """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(fp, formats=list(ALLOWED_FORMATS)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{what}: image too large (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(f"{what}: not a readable image file (supported: {ALLOWED_DESCRIPTION})") \
+            from None
+    except Exception as exc:  # noqa: BLE001 - untrusted data: any parser failure is a bad file
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise InputError(f"{what}: corrupt or truncated image ({detail})") from None
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"{what}: image too large ({width}x{height} pixels; limit {max_pixels:,})")
+    return width, height
+
+
 def _open_path(path: Path) -> np.ndarray:
     if not path.exists():
         raise InputError(f"image not found: {path}")
