@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,8 +40,44 @@ class StepSampler(Sampler[int]):
         return max(0, self.end_step - self.start_step) * self.batch_size
 
 
+CHECKPOINT_MAGIC = b"METAUAS-CKPT-SHA256:"  # + 64 hex digits + newline, then the torch.save bytes
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save `obj` to `path` atomically, prefixed by the SHA-256 of the saved bytes.
+
+    The digest is part of the same file (no sidecar that a kill could leave out of step), so a
+    checkpoint whose bytes changed on disk is refused by `read_checked_torch`.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    header = CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(header + payload))
+
+
+def read_checked_torch(path: Path) -> Any:
+    """Load a file written by `atomic_torch_save` after checking its digest (weights_only=True).
+
+    Files without the digest header (written by earlier versions) are loaded as they are.
+
+    Raises:
+        CheckpointError: the digest does not match (flipped bytes, truncation) or the file
+            cannot be read.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    if data.startswith(CHECKPOINT_MAGIC):
+        start = len(CHECKPOINT_MAGIC)
+        stored, payload = data[start:start + 64], data[start + 65:]
+        if hashlib.sha256(payload).hexdigest().encode() != stored or data[start + 64:start + 65] != b"\n":
+            raise CheckpointError(f"{path}: checkpoint is corrupt (SHA-256 does not match the one written with "
+                                  "it); refusing to resume from it")
+        data = payload
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def save_training_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -56,10 +94,21 @@ def save_training_state(path: Path, *, model: torch.nn.Module, optimizer: torch.
 
 
 def load_training_state(path: Path) -> dict:
+    """A training checkpoint, digest-checked and with every key resume needs.
+
+    Raises:
+        CheckpointError: corrupt, unreadable or incomplete checkpoint (one line).
+    """
+    from metauas.schemas import check_training_state
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checked_torch(path)
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable checkpoint
-        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({str(exc)[:200]})") from None
+        first = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({first})") from None
+    return check_training_state(state, str(path))
 
 
 class CsvLog:
