@@ -108,6 +108,8 @@ def main() -> int:
                     status, data = response.status, json.loads(response.read())
             except urllib.error.HTTPError as exc:
                 status, data = exc.code, json.loads(exc.read())
+            except (urllib.error.URLError, ConnectionError) as exc:  # closed before the answer could be read
+                status, data = 0, {"error": f"connection: {exc}"}
             return status, data, time.perf_counter() - started
 
         started = time.perf_counter()

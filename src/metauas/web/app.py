@@ -180,16 +180,16 @@ class RequestGate:
         c = self.config
         busy = {"error": f"server busy ({self.active} requests in progress, {self.waiting} waiting); try again"}
         if self.active + self.waiting >= c.max_active_requests + c.max_waiting_requests:
-            await _send_json(send, 503, busy, [(b"retry-after", b"5")])
+            await self._refuse(receive, send, busy)
             return
         self.waiting += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=c.queue_timeout_s)
         except asyncio.TimeoutError:
-            await _send_json(send, 503, busy, [(b"retry-after", b"5")])
-            return
-        finally:
             self.waiting -= 1
+            await self._refuse(receive, send, busy)
+            return
+        self.waiting -= 1
         self.active += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + c.upload_timeout_s
@@ -216,6 +216,25 @@ class RequestGate:
         finally:
             self.active -= 1
             self._slots.release()
+
+
+    async def _refuse(self, receive: Any, send: Any, payload: dict) -> None:
+        """Answer 503 after discarding the body (up to the request limit, within the upload
+        deadline): most clients cannot read an answer sent while they are still uploading."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.upload_timeout_s
+        received = 0
+        try:
+            while received <= self.config.max_request_bytes:
+                msg = await asyncio.wait_for(receive(), timeout=max(deadline - loop.time(), 0.001))
+                if msg["type"] != "http.request":
+                    return  # the client went away
+                received += len(msg.get("body", b""))
+                if not msg.get("more_body", False):
+                    break
+        except asyncio.TimeoutError:
+            pass
+        await _send_json(send, 503, payload, [(b"retry-after", b"5")])
 
 
 class PixelBudget:

@@ -101,7 +101,11 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"metauas: serving {service.model_name} ({service.backend}, size {service.segmenter.size}) at "
           f"http://{args.host}:{args.port}/  (Ctrl+C to stop)", file=sys.stderr)
     try:
-        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+        # uvicorn's own cap on open connections (plain-text 503 beyond it); the app's JSON 503s for
+        # segment requests come first, this only bounds floods of other requests
+        limit = service.config.max_active_requests + service.config.max_waiting_requests + 32
+        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning",
+                    limit_concurrency=limit)
     except OSError as exc:
         raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
