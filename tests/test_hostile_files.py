@@ -357,3 +357,14 @@ def test_thresholds_from_dict_rejects_wrong_types():
     for bad in ({"image": None, "pixel": 0.5}, {"image": [0.5], "pixel": 0.5}, {"image": 0.5, "pixel": True}):
         with pytest.raises(InputError):
             Thresholds.from_dict(bad)
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    _state(run / "last.pt")  # intact, but the weights of another network
+    try:
+        code = main(["train", "--data", "toy", "--steps", "2", "--run-dir", str(run), "--resume"])
+    finally:
+        torch.set_flush_denormal(False)
+    one_error_line(code, capsys.readouterr().err, "does not fit the model")
