@@ -368,3 +368,21 @@ def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path, capsys)
     finally:
         torch.set_flush_denormal(False)
     one_error_line(code, capsys.readouterr().err, "does not fit the model")
+
+
+def test_training_checkpoint_stays_a_plain_torch_file_and_survives_a_kill_between_writes(tmp_path):
+    from metauas.training.state import digest_path, load_training_state
+
+    path = tmp_path / "last.pt"
+    _state(path)
+    assert torch.load(path, map_location="cpu", weights_only=True)["step"] == 7  # plain torch.save file
+    import hashlib
+
+    first = digest_path(path).read_text().split()
+    assert first == [hashlib.sha256(path.read_bytes()).hexdigest()]
+    _state(path)  # new weights: the sidecar lists the new digest and the replaced file's
+    assert digest_path(path).read_text().split() == [hashlib.sha256(path.read_bytes()).hexdigest(), first[0]]
+    # a kill after the sidecar of the next save was written but before the file was replaced:
+    current = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest_path(path).write_text("0" * 64 + "\n" + current + "\n")
+    assert load_training_state(path)["step"] == 7

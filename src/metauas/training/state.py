@@ -40,43 +40,64 @@ class StepSampler(Sampler[int]):
         return max(0, self.end_step - self.start_step) * self.batch_size
 
 
-CHECKPOINT_MAGIC = b"METAUAS-CKPT-SHA256:"  # + 64 hex digits + newline, then the torch.save bytes
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    """The sidecar `<name>.sha256` that lists the accepted SHA-256 digests of `path`."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.sha256")
+
+
+def _accepted_digests(path: Path) -> list[str] | None:
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        return None
+    return [line.strip() for line in sidecar.read_text().split() if line.strip()]
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save `obj` to `path` atomically, prefixed by the SHA-256 of the saved bytes.
+    """torch.save `obj` to `path` atomically, with its SHA-256 in the sidecar `<name>.sha256`.
 
-    The digest is part of the same file (no sidecar that a kill could leave out of step), so a
-    checkpoint whose bytes changed on disk is refused by `read_checked_torch`.
+    The file stays a plain `torch.save` file. The sidecar is written first and lists the new
+    digest and the one of the file it replaces, so a kill at any moment leaves a file whose
+    digest is listed; changed bytes on disk (bit flips, truncation) are refused by
+    `read_checked_torch`.
     """
+    path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getvalue()
-    header = CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(header + payload))
+    accepted = [_sha256(payload)]
+    try:
+        current = _sha256(path.read_bytes()) if path.is_file() else None
+    except OSError:
+        current = None
+    if current is not None and current in (_accepted_digests(path) or []):
+        accepted.append(current)  # the file on disk until the replace below lands
+    atomic_write(digest_path(path), lambda tmp: Path(tmp).write_text("\n".join(accepted) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
 
 
 def read_checked_torch(path: Path) -> Any:
-    """Load a file written by `atomic_torch_save` after checking its digest (weights_only=True).
+    """Load a file written by `atomic_torch_save` (weights_only=True) after checking its digest.
 
-    Files without the digest header (written by earlier versions) are loaded as they are.
+    A file without a sidecar (written by earlier versions) is loaded as it is.
 
     Raises:
-        CheckpointError: the digest does not match (flipped bytes, truncation) or the file
-            cannot be read.
+        CheckpointError: the digest is not the one written with the file (flipped bytes,
+            truncation), or the file cannot be read.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
+        accepted = _accepted_digests(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
-    if data.startswith(CHECKPOINT_MAGIC):
-        start = len(CHECKPOINT_MAGIC)
-        stored, payload = data[start:start + 64], data[start + 65:]
-        if hashlib.sha256(payload).hexdigest().encode() != stored or data[start + 64:start + 65] != b"\n":
-            raise CheckpointError(f"{path}: checkpoint is corrupt (SHA-256 does not match the one written with "
-                                  "it); refusing to resume from it")
-        data = payload
+    if accepted is not None and _sha256(data) not in accepted:
+        raise CheckpointError(f"{path}: checkpoint is corrupt (its SHA-256 is not the one written with it in "
+                              f"{digest_path(path).name}); refusing to resume from it")
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
