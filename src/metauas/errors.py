@@ -11,3 +11,11 @@ class InputError(MetaUASError):
 
 class CheckpointError(MetaUASError):
     """A checkpoint file cannot be read or does not fit the model."""
+
+
+class UnsupportedImageError(InputError):
+    """A file that is not one of the accepted image formats (see metauas.inference.images)."""
+
+
+class ImageTooLargeError(InputError):
+    """An image whose header declares more pixels than allowed (decompression bombs)."""

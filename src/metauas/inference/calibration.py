@@ -73,10 +73,12 @@ class Thresholds:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Thresholds":
+    def from_dict(cls, data: dict[str, Any], source: str = "threshold file") -> "Thresholds":
+        """Raises InputError for a missing or mistyped field (see metauas.schemas)."""
+        from metauas.schemas import check_threshold_entry
+
+        data = check_threshold_entry(data, source)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "image" not in known or "pixel" not in known:
-            raise InputError("threshold file entry lacks 'image'/'pixel' values")
         return cls(**known)
 
     def describe(self) -> str:
@@ -280,29 +282,55 @@ def store_path(model_ref: str | None, model_name: str) -> Path:
 
 
 def _read_store(path: Path) -> list[dict[str, Any]]:
+    """The checked entries of a store; [] when there is none. Raises InputError when corrupt."""
+    from metauas.schemas import check_threshold_store
+
     if not path.is_file():
         return []
     try:
         data = json.loads(path.read_text())
-        entries = data["entries"]
-        if not isinstance(entries, list):
-            raise TypeError
-        return entries
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, RecursionError):
         raise InputError(f"threshold file {path} is unreadable or not a metauas threshold file") from None
+    return check_threshold_store(data, str(path))
+
+
+def store_lock(path: Path):
+    """An inter-process lock for read-modify-write of the store at `path` (a hidden .lock beside it)."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=60)
 
 
 def _key(entry: dict[str, Any]) -> tuple[Any, ...]:
     return entry.get("model_digest"), int(entry.get("size", 0)), entry.get("prompt_fingerprint")
 
 
-def save_thresholds(thresholds: Thresholds, path: Path) -> Path:
-    """Insert/replace the entry for (model, size, prompt) in the JSON store, atomically."""
+def save_thresholds(thresholds: Thresholds, path: Path, warn: Any = None) -> Path:
+    """Insert/replace the entry for (model, size, prompt) in the JSON store, atomically and under
+    an inter-process lock (two concurrent calibrations keep both entries).
+
+    A corrupt store is moved aside to `<name>.corrupt` and replaced by a fresh one; `warn(text)`
+    is told so (a corrupt store never loses the new result).
+
+    Raises:
+        OSError: the folder is not writable.
+    """
     path = Path(path)
-    entries = [e for e in _read_store(path) if _key(e) != _key(thresholds.to_dict())]
-    entries.append(thresholds.to_dict())
-    payload = json.dumps({"version": STORE_VERSION, "entries": entries}, indent=2)
-    return atomic_write_text(path, payload)
+    with store_lock(path):
+        try:
+            entries = _read_store(path)
+        except InputError as exc:
+            backup = path.with_name(f"{path.name}.corrupt")
+            os.replace(path, backup)
+            if warn is not None:
+                warn(f"{exc}; moved it to {backup} and started a new one")
+            entries = []
+        entries = [e for e in entries if _key(e) != _key(thresholds.to_dict())]
+        entries.append(thresholds.to_dict())
+        payload = json.dumps({"version": STORE_VERSION, "entries": entries}, indent=2)
+        return atomic_write_text(path, payload)
 
 
 def load_thresholds(path: Path, model_digest: str | None = None, size: int | None = None,
@@ -312,7 +340,7 @@ def load_thresholds(path: Path, model_digest: str | None = None, size: int | Non
                if (model_digest is None or e.get("model_digest") == model_digest)
                and (size is None or int(e.get("size", 0)) == size)
                and (prompt_fingerprint is None or e.get("prompt_fingerprint") == prompt_fingerprint)]
-    return Thresholds.from_dict(matches[-1]) if matches else None
+    return Thresholds.from_dict(matches[-1], f"threshold file {path}") if matches else None
 
 
 def read_threshold_file(path: str | os.PathLike) -> Thresholds:
@@ -322,7 +350,7 @@ def read_threshold_file(path: str | os.PathLike) -> Thresholds:
         raise InputError(f"threshold file not found: {path}")
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise InputError(f"threshold file {path} is not valid JSON") from None
     if isinstance(data, dict) and "entries" in data:
         entry = load_thresholds(path)
@@ -330,5 +358,5 @@ def read_threshold_file(path: str | os.PathLike) -> Thresholds:
             raise InputError(f"threshold file {path} has no entries")
         return entry
     if isinstance(data, dict):
-        return Thresholds.from_dict(data)
+        return Thresholds.from_dict(data, f"threshold file {path}")
     raise InputError(f"threshold file {path} is not a metauas threshold file")

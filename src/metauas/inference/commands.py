@@ -326,9 +326,11 @@ def _calibration(engine: Engine, prompts: list[Path], good: list[str], bad: list
         print(f"metauas: calibration skipped {item['path']}: {item['error']}", file=sys.stderr)
     target = Path(save).expanduser() if save else store_path(engine.model_ref, engine.model_name)
     try:
-        saved = save_thresholds(thresholds, target)
-    except OSError as exc:
-        print(f"metauas: WARNING: could not save thresholds to {target}: {exc.strerror or exc}", file=sys.stderr)
+        saved = save_thresholds(thresholds, target,
+                                warn=lambda text: print(f"metauas: WARNING: {text}", file=sys.stderr))
+    except (OSError, MetaUASError) as exc:  # the result is still printed (filelock's Timeout is an OSError)
+        print(f"metauas: WARNING: could not save thresholds to {target}: {getattr(exc, 'strerror', None) or exc}",
+              file=sys.stderr)
         saved = None
     return thresholds, saved
 
@@ -410,12 +412,6 @@ def _write_result_files(out: Path, summary: dict[str, Any]) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from metauas.inference.calibration import fingerprint
-    from metauas.inference.images import load_image
-    from metauas.inference.visualize import save_map_png, save_mask_png, save_overlay
-
     started = time.perf_counter()
     if args.threshold is None and args.thresholds is None and args.calibrate is None and (
             args.calibrate_bad or args.calibrate_masks):
@@ -432,7 +428,39 @@ def run_segment(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     planned = [f"{n}{suffix}" for n in names for suffix in ("_map.png", "_overlay.png", "_mask.png")]
     prepare_output_dir(out, planned + list(RESULT_FILES), args.overwrite)
+    lock = lock_output_dir(out)
+    try:
+        return _segment_locked(args, prompts, queries, names, out, started)
+    finally:
+        lock.release()
 
+
+def lock_output_dir(out: Path):
+    """Hold `out/.metauas.lock` for one segment run; a second run into the same folder refuses.
+
+    Raises:
+        InputError: another run holds the lock.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / ".metauas.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"{out} is in use by another `metauas segment` run; wait for it to finish or "
+                         "choose another --out") from None
+    return lock
+
+
+def _segment_locked(args: argparse.Namespace, prompts: list[Path], queries: list[Path], names: list[str],
+                    out: Path, started: float) -> int:
+    from tqdm import tqdm
+
+    from metauas.inference.calibration import fingerprint
+    from metauas.inference.images import load_image
+    from metauas.inference.visualize import save_map_png, save_mask_png, save_overlay
+
+    pool = args.prompt_pool is not None
     engine = build_engine(args, shots=1 if pool else len(prompts))
     if pool:
         engine.segmenter.set_prompt_pool([str(p) for p in prompts], k=args.pool_k)

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -84,10 +85,12 @@ class OnnxMetadata:
         if not path.is_file():
             raise InputError(f"{folder} is not a metauas ONNX export ({META_FILE} missing); "
                              "create one with `metauas export --format onnx`")
+        from metauas.schemas import check_onnx_metadata
+
         try:
-            data = json.loads(path.read_text())
+            data = check_onnx_metadata(json.loads(path.read_text()), str(path))
             meta = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RecursionError):
             raise InputError(f"{path} is unreadable or from an incompatible metauas version") from None
         if meta.format_version != FORMAT_VERSION:
             raise InputError(f"{path}: export format {meta.format_version} is not supported "
@@ -177,15 +180,23 @@ class DecoderGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
             output_names: list[str], dynamic: dict[str, dict[int, str]], opset: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    from metauas.atomic import remove_stale_temps
+
+    remove_stale_temps(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
+    os.close(fd)
+    tmp = Path(tmp_name)
     module.eval()  # the exporter restores the wrapper's mode afterwards; a fresh wrapper would
     # otherwise be "training" and put the wrapped model (BatchNorm!) into training mode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer/deprecation chatter; the parity check is the proof
-        torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic, opset_version=opset,
-                          do_constant_folding=True)
-    os.replace(tmp, path)
+        try:
+            torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=input_names,
+                              output_names=output_names, dynamic_axes=dynamic, opset_version=opset,
+                              do_constant_folding=True)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -250,8 +261,9 @@ def export_onnx(model: MetaUAS, out_dir: str | os.PathLike, config: OnnxExportCo
         if meta.max_abs_diff > PARITY_TOLERANCE:
             raise MetaUASError(f"ONNX export in {out} differs from PyTorch by {meta.max_abs_diff:.2e} "
                                f"(tolerance {PARITY_TOLERANCE:g})")
-    (out / META_FILE).with_name(f".{META_FILE}.tmp").write_text(json.dumps(asdict(meta), indent=2))
-    os.replace(out / f".{META_FILE}.tmp", out / META_FILE)
+    from metauas.atomic import atomic_write_text
+
+    atomic_write_text(out / META_FILE, json.dumps(asdict(meta), indent=2))
     return meta
 
 

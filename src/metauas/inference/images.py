@@ -3,10 +3,16 @@
 Accepts paths, PIL images, numpy arrays (H,W), (H,W,1|3|4) of uint8/uint16/float in [0,1],
 and torch tensors (3,H,W) / (H,W,3). Handles 16-bit, grey, palette, RGBA, CMYK and EXIF
 rotation; guards against decompression bombs and truncated files.
+
+Files and uploaded bytes are untrusted: `decode_image` is the one boundary they pass. Only the
+formats in ALLOWED_FORMATS are tried (Pillow's `Image.open(..., formats=...)`), so no other
+decoder ever sees the bytes (PostScript/EPS would run Ghostscript; DDS, BLP, ICO, GIF, ... are
+refused), and every decoder failure becomes an InputError with one line of text.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -17,11 +23,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from metauas.errors import InputError
+from metauas.errors import ImageTooLargeError, InputError, UnsupportedImageError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Pillow format names tried when decoding files or uploads; nothing that runs an external program.
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+ALLOWED_DESCRIPTION = "PNG, JPEG, BMP, TIFF or WebP"
 MAX_PIXELS = 100_000_000  # about 10k x 10k; larger files are refused (decompression bombs)
 MIN_SIDE = 8
 
@@ -71,6 +80,69 @@ def _pil_to_rgb(image: Image.Image, what: str) -> np.ndarray:
     return np.asarray(image.convert("RGB")).copy()
 
 
+def decode_image(source: Path | bytes, what: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an untrusted image file or byte string into an (H, W, 3) uint8 RGB array.
+
+    Only ALLOWED_FORMATS are tried; the pixel count is checked from the header before the
+    pixels are decoded (limit `max_pixels`, default MAX_PIXELS).
+
+    Raises:
+        UnsupportedImageError: not one of the allowed formats (or not an image at all).
+        ImageTooLargeError: more than `max_pixels` pixels (possible decompression bomb).
+        InputError: corrupt or truncated data, or any other decoder failure (one line).
+    """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decoder chatter about odd metadata of untrusted files
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp, formats=list(ALLOWED_FORMATS)) as image:
+                if image.width * image.height > max_pixels:
+                    raise ImageTooLargeError(f"{what}: image too large ({image.width}x{image.height} pixels; "
+                                             f"limit {max_pixels:,})")
+                image.load()
+                return _pil_to_rgb(image, what)
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(f"{what}: image too large (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(f"{what}: not a readable image file (supported: {ALLOWED_DESCRIPTION})") \
+            from None
+    except MemoryError:
+        raise InputError(f"{what}: not enough memory to decode this image") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted data: any decoder failure is a bad file
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise InputError(f"{what}: corrupt or truncated image ({detail})") from None
+
+
+def probe_image(source: Path | bytes, what: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of an untrusted image from its header, without decoding the pixels.
+
+    Raises the same errors as `decode_image` for unsupported formats and oversized images
+    (a corrupt body is only found when decoding).
+    """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(fp, formats=list(ALLOWED_FORMATS)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{what}: image too large (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(f"{what}: not a readable image file (supported: {ALLOWED_DESCRIPTION})") \
+            from None
+    except Exception as exc:  # noqa: BLE001 - untrusted data: any parser failure is a bad file
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise InputError(f"{what}: corrupt or truncated image ({detail})") from None
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"{what}: image too large ({width}x{height} pixels; limit {max_pixels:,})")
+    return width, height
+
+
 def _open_path(path: Path) -> np.ndarray:
     if not path.exists():
         raise InputError(f"image not found: {path}")
@@ -78,23 +150,7 @@ def _open_path(path: Path) -> np.ndarray:
         raise InputError(f"expected an image file, got a directory: {path}")
     if path.stat().st_size == 0:
         raise InputError(f"image file is empty: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise InputError(f"{path}: image too large ({image.width}x{image.height} pixels; "
-                                     f"limit {MAX_PIXELS:,})")
-                image.load()
-                return _pil_to_rgb(image, str(path))
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path}: image too large (possible decompression bomb)") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{path}: not a readable image file") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
+    return decode_image(path, str(path))
 
 
 def load_image(source: ImageLike, name: str | None = None) -> np.ndarray:

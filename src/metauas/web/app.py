@@ -7,41 +7,51 @@ Endpoints (documented in docs/web.md):
   POST /api/segment      multipart: prompt (1..K files), query (1..N files), [threshold],
                          [format=json|zip] -> JSON with scores and PNGs, or a zip of results
 
-Safety: request bodies are capped while they stream in (HTTP 413), each file is capped, the
-number of files is capped, images are size-checked from their header before decoding
-(decompression bombs, 413), non-images get 415 and broken images 400, always as
-{"error": "..."} JSON. Model calls are serialised by a lock (the segmenter caches one prompt
-at a time); decoding and PNG encoding run outside it, in worker threads.
+Safety: only requests whose Host header names this server (localhost names unless configured)
+are served, and state-changing requests from pages of other origins are refused (403), so no
+website can use the local server. Request bodies are capped while they stream in (HTTP 413)
+and must arrive within a deadline (408); each file is capped, the number of files is capped,
+images pass the allow-listed decoder of metauas.inference.images (415 for other formats, 400
+for broken files, 413 for too many pixels, read from the header). Memory is bounded per
+server: at most `max_active_requests` segment requests run at once, further ones wait in a
+short queue (503 when it is full or the wait is too long), and the decoded pixels of all
+requests together stay under `max_pixels_in_flight` (queries are decoded, segmented and
+rendered one at a time). Every error is {"error": "..."} JSON. Model calls are serialised by
+a lock (the segmenter caches one prompt at a time); decoding and PNG encoding run outside it,
+in worker threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
 import json
 import threading
 import time
-import warnings
 import zipfile
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from metauas.errors import InputError
+from metauas.errors import ImageTooLargeError, InputError, UnsupportedImageError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 EXAMPLE_PAIRS = ({"name": "brick", "prompt": "prompt.png", "query": "query.png"},)
 WEB_MAX_SIDE = 1024  # overlays/maps sent to the page are at most this large per side
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -52,8 +62,17 @@ class WebConfig:
     max_request_mb: float = 50.0
     max_prompts: int = 8
     max_queries: int = 16
-    max_pixels: int = 40_000_000
+    max_pixels: int = 40_000_000  # per image
     threshold: float | None = None  # default image/pixel threshold for decisions (else per-prompt calibration)
+    # server-wide limits (docs/web.md, "Limits and errors"): together they keep the default
+    # server under 3 GiB resident memory (benchmarks/web_load.py)
+    max_active_requests: int = 2  # segment requests processed at once
+    max_waiting_requests: int = 8  # further requests wait (body not read yet); beyond: 503
+    queue_timeout_s: float = 120.0  # a waiting request gets 503 after this long
+    max_pixels_in_flight: int = 60_000_000  # decoded pixels of all requests together
+    upload_timeout_s: float = 60.0  # the whole body must arrive within this time after admission (408)
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOCAL_HOSTS))  # Host header names; "*" = any
+    allowed_origins: list[str] = field(default_factory=list)  # other origins allowed to POST; "*" = any
 
     @property
     def max_file_bytes(self) -> int:
@@ -73,6 +92,182 @@ class ApiError(Exception):
 
 class _TooLarge(Exception):
     pass
+
+
+class _UploadTimeout(Exception):
+    pass
+
+
+def host_name(value: str) -> str:
+    """The host part of a Host header value ("[::1]:8000" -> "::1", "Example.org:80" -> "example.org")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.index("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _host_allowed(name: str, allowed: list[str]) -> bool:
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if pattern == "*" or name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])):
+            return True
+    return False
+
+
+class RequestGuard:
+    """ASGI middleware: refuse foreign Host headers (400) and cross-origin writes (403).
+
+    A request is served only when its Host header names an allowed host (DNS rebinding: a
+    foreign site resolving its name to 127.0.0.1 sends its own name). Requests other than
+    GET/HEAD/OPTIONS must come from the page's own origin (Origin equal to scheme://Host), an
+    allowed origin, or from a non-browser client (no Origin and no cross-site Sec-Fetch-Site).
+    No CORS headers are ever sent, so other sites cannot read answers either.
+    Starlette's TrustedHostMiddleware is not used because it answers in plain text; the API
+    promises {"error": ...} JSON.
+    """
+
+    SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app: Any, allowed_hosts: list[str], allowed_origins: list[str]) -> None:
+        self.app = app
+        self.allowed_hosts = list(allowed_hosts)
+        self.allowed_origins = [o.rstrip("/").lower() for o in allowed_origins]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        host = headers.get("host", "")
+        if not host or not _host_allowed(host_name(host), self.allowed_hosts):
+            await _send_json(send, 400, {"error": f"host {host[:80]!r} is not served here (allowed: "
+                                                  f"{', '.join(self.allowed_hosts)}; see metauas serve --allow-host)"})
+            return
+        if scope["method"] not in self.SAFE_METHODS:
+            origin = headers.get("origin", "").rstrip("/").lower()
+            own = f"{scope.get('scheme', 'http')}://{host}".lower()
+            if origin:
+                ok = origin == own or origin in self.allowed_origins or "*" in self.allowed_origins
+            else:
+                ok = headers.get("sec-fetch-site", "none") in ("same-origin", "none")
+            if not ok:
+                await _send_json(send, 403, {"error": f"cross-origin request from {origin[:80] or 'another site'!r} "
+                                                      "refused (see metauas serve --allow-origin)"})
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestGate:
+    """ASGI middleware: at most `max_active` segment requests at once, `max_waiting` more queued.
+
+    A queued request's body is not read until it is admitted, so waiting costs no memory; a
+    full queue or a wait longer than `queue_timeout_s` gets 503 with Retry-After. Once admitted,
+    the body must arrive within `upload_timeout_s` (408).
+    """
+
+    def __init__(self, app: Any, config: "WebConfig", paths: tuple[str, ...] = ("/api/segment",)) -> None:
+        self.app = app
+        self.config = config
+        self.paths = paths
+        self.active = 0
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(config.max_active_requests)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        c = self.config
+        busy = {"error": f"server busy ({self.active} requests in progress, {self.waiting} waiting); try again"}
+        if self.active + self.waiting >= c.max_active_requests + c.max_waiting_requests:
+            await self._refuse(receive, send, busy)
+            return
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=c.queue_timeout_s)
+        except asyncio.TimeoutError:
+            self.waiting -= 1
+            await self._refuse(receive, send, busy)
+            return
+        self.waiting -= 1
+        self.active += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + c.upload_timeout_s
+        started = False
+
+        async def timed_receive() -> dict:
+            remaining = deadline - loop.time()
+            try:
+                return await asyncio.wait_for(receive(), timeout=max(remaining, 0.001))
+            except asyncio.TimeoutError:
+                raise _UploadTimeout from None
+
+        async def tracking_send(msg: dict) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, timed_receive, tracking_send)
+        except _UploadTimeout:
+            if not started:
+                await _send_json(send, 408, {"error": f"upload not completed within {c.upload_timeout_s:g} s"})
+        finally:
+            self.active -= 1
+            self._slots.release()
+
+
+    async def _refuse(self, receive: Any, send: Any, payload: dict) -> None:
+        """Answer 503 after discarding the body (up to the request limit, within the upload
+        deadline): most clients cannot read an answer sent while they are still uploading."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.upload_timeout_s
+        received = 0
+        try:
+            while received <= self.config.max_request_bytes:
+                msg = await asyncio.wait_for(receive(), timeout=max(deadline - loop.time(), 0.001))
+                if msg["type"] != "http.request":
+                    return  # the client went away
+                received += len(msg.get("body", b""))
+                if not msg.get("more_body", False):
+                    break
+        except asyncio.TimeoutError:
+            pass
+        await _send_json(send, 503, payload, [(b"retry-after", b"5")])
+
+
+class PixelBudget:
+    """Decoded pixels held by all requests together stay under `limit` (threads wait their turn).
+
+    A request larger than the whole budget still runs, alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int, timeout: float) -> Iterator[None]:
+        """Hold `pixels` of the budget for the duration of the block.
+
+        Raises:
+            ApiError: 503 when the pixels do not become free within `timeout` seconds.
+        """
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.limit, timeout)
+            if not ok:
+                raise ApiError(503, "server busy (too many pixels in flight); try again")
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
 
 
 class BodySizeLimit:
@@ -117,10 +312,11 @@ class BodySizeLimit:
                 await _send_json(send, 413, {"error": message})
 
 
-async def _send_json(send: Any, status: int, payload: dict) -> None:
+async def _send_json(send: Any, status: int, payload: dict, headers: list | None = None) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -134,32 +330,26 @@ def find_examples_dir() -> Path | None:
 
 
 def decode_upload(data: bytes, name: str, config: WebConfig) -> np.ndarray:
-    """Uploaded bytes -> RGB uint8, with HTTP status codes for the ways this fails."""
-    from metauas.inference.images import MIN_SIDE, load_image
+    """Uploaded bytes -> (H, W, 3) uint8 RGB through the shared untrusted-image boundary.
+
+    Raises:
+        ApiError: 400 (empty, corrupt, truncated, too small), 413 (file or pixel count over the
+            limits) or 415 (not PNG, JPEG, BMP, TIFF or WebP).
+    """
+    from metauas.inference.images import ALLOWED_DESCRIPTION, MIN_SIDE, decode_image
 
     if not data:
         raise ApiError(400, f"{name}: empty file")
     if len(data) > config.max_file_bytes:
         raise ApiError(413, f"{name}: file too large ({len(data) / 2**20:.1f} MiB; limit {config.max_file_mb:g} MiB)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > config.max_pixels:
-                    raise ApiError(413, f"{name}: image too large ({image.width}x{image.height}; limit "
-                                        f"{config.max_pixels:,} pixels)")
-                image.load()
-                rgb = load_image(image, name=name)
-    except ApiError:
-        raise
-    except UnidentifiedImageError:
-        raise ApiError(415, f"{name}: not a supported image (PNG, JPEG, BMP, TIFF or WebP)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, f"{name}: image too large (possible decompression bomb)") from None
+        rgb = decode_image(data, name, max_pixels=config.max_pixels)
+    except UnsupportedImageError:
+        raise ApiError(415, f"{name}: not a supported image ({ALLOWED_DESCRIPTION})") from None
+    except ImageTooLargeError as exc:
+        raise ApiError(413, str(exc)) from None
     except InputError as exc:
         raise ApiError(400, str(exc)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(400, f"{name}: corrupt or truncated image ({str(exc)[:120]})") from None
     if min(rgb.shape[:2]) < MIN_SIDE:
         raise ApiError(400, f"{name}: image too small")
     return rgb
@@ -191,6 +381,7 @@ class SegmentService:
         self.model_ref = model_ref
         self.config = config or WebConfig()
         self.lock = threading.Lock()
+        self.budget = PixelBudget(self.config.max_pixels_in_flight)
         self._prompt_key: tuple[str, bool] | None = None
         self.calls = 0
 
@@ -203,7 +394,11 @@ class SegmentService:
         return {"model": self.model_name, "backend": self.backend, "size": int(self.segmenter.size),
                 "untrained": self.model_name.startswith("untrained"), "threshold": c.threshold,
                 "limits": {"max_file_bytes": c.max_file_bytes, "max_request_bytes": c.max_request_bytes,
-                           "max_prompts": c.max_prompts, "max_queries": c.max_queries, "max_pixels": c.max_pixels},
+                           "max_prompts": c.max_prompts, "max_queries": c.max_queries, "max_pixels": c.max_pixels,
+                           "max_active_requests": c.max_active_requests,
+                           "max_waiting_requests": c.max_waiting_requests,
+                           "max_pixels_in_flight": c.max_pixels_in_flight,
+                           "upload_timeout_s": c.upload_timeout_s},
                 "examples": examples}
 
     def _threshold(self, requested: float | None, prompt_key: str) -> tuple[float | None, str]:
@@ -222,30 +417,43 @@ class SegmentService:
 
     def run(self, prompts: list[tuple[str, bytes]], queries: list[tuple[str, bytes]],
             threshold: float | None, as_zip: bool, pool: bool = False) -> tuple[dict[str, Any], bytes | None]:
-        """Decode, segment under the lock, render; raises ApiError for bad input.
+        """Check every file's header, then decode, segment (under the lock) and render one query
+        at a time, inside a reservation of the server's pixel budget.
 
         ``pool``: the prompts are a pool; each query is compared with its most similar one.
+
+        Raises:
+            ApiError: 4xx for bad input, 503 when the pixel budget stays busy.
         """
         from metauas.inference.calibration import fingerprint
+        from metauas.inference.images import ALLOWED_DESCRIPTION, probe_image
 
         started = time.perf_counter()
-        prompt_rgbs = [decode_upload(data, f"prompt '{name}'", self.config) for name, data in prompts]
-        query_rgbs = [decode_upload(data, f"query '{name}'", self.config) for name, data in queries]
+        c = self.config
+
+        def pixels(data: bytes, what: str) -> int:
+            if not data:
+                raise ApiError(400, f"{what}: empty file")
+            if len(data) > c.max_file_bytes:
+                raise ApiError(413, f"{what}: file too large ({len(data) / 2**20:.1f} MiB; "
+                                    f"limit {c.max_file_mb:g} MiB)")
+            try:
+                w, h = probe_image(data, what, max_pixels=c.max_pixels)
+            except UnsupportedImageError:
+                raise ApiError(415, f"{what}: not a supported image ({ALLOWED_DESCRIPTION})") from None
+            except ImageTooLargeError as exc:
+                raise ApiError(413, str(exc)) from None
+            except InputError as exc:
+                raise ApiError(400, str(exc)) from None
+            return w * h
+
+        prompt_pixels = sum(pixels(data, f"prompt '{name}'") for name, data in prompts)
+        query_pixels = max(pixels(data, f"query '{name}'") for name, data in queries)
         key = fingerprint([data for _, data in prompts])
         used: set[str] = set()
         names = [_safe_stem(name, used) for name, _ in queries]
         if pool and not hasattr(self.segmenter, "set_prompt_pool"):
             raise ApiError(400, f"prompt pools need the torch backend (this server runs {self.backend})")
-        with self.lock:
-            if self._prompt_key != (key, pool):
-                self._prompt_key = None
-                if pool:
-                    self.segmenter.set_prompt_pool(prompt_rgbs, k=1)
-                else:
-                    self.segmenter.set_prompt(prompt_rgbs)
-                self._prompt_key = (key, pool)
-            results = self.segmenter.segment(query_rgbs, names=names)
-            self.calls += 1
         t, source = self._threshold(threshold, key)
         payload: dict[str, Any] = {"model": self.model_name, "backend": self.backend,
                                    "size": int(self.segmenter.size), "num_prompts": len(prompts),
@@ -253,10 +461,24 @@ class SegmentService:
                                    "threshold": t, "threshold_source": source, "results": []}
         archive = io.BytesIO() if as_zip else None
         zf = zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) if archive is not None else None
-        for (filename, _), name, rgb, result in zip(queries, names, query_rgbs, results):
-            entry = self._render(filename, name, rgb, result, t, zf)
-            entry["prompts"] = [prompts[i][0] for i in getattr(result, "prompts", [])]
-            payload["results"].append(entry)
+        with self.budget.reserve(prompt_pixels + query_pixels, timeout=c.queue_timeout_s):
+            prompt_rgbs = [decode_upload(data, f"prompt '{name}'", c) for name, data in prompts]
+            for (filename, data), name in zip(queries, names):
+                rgb = decode_upload(data, f"query '{filename}'", c)
+                with self.lock:
+                    if self._prompt_key != (key, pool):
+                        self._prompt_key = None
+                        if pool:
+                            self.segmenter.set_prompt_pool(prompt_rgbs, k=1)
+                        else:
+                            self.segmenter.set_prompt(prompt_rgbs)
+                        self._prompt_key = (key, pool)
+                    result = self.segmenter.segment([rgb], names=[name])[0]
+                entry = self._render(filename, name, rgb, result, t, zf)
+                entry["prompts"] = [prompts[i][0] for i in getattr(result, "prompts", [])]
+                payload["results"].append(entry)
+                del rgb, result  # one decoded query and its map at a time
+            self.calls += 1
         payload["seconds"] = round(time.perf_counter() - started, 3)
         if zf is not None:
             _zip_tables(zf, payload)
@@ -316,13 +538,32 @@ def _zip_tables(zf: zipfile.ZipFile, payload: dict[str, Any]) -> None:
 def create_app(service: SegmentService) -> Any:
     """The FastAPI application for one SegmentService."""
     config = service.config
+    # no /api/docs page: Swagger UI loads its scripts from a CDN (fails offline, and would be the
+    # only external resource); the schema itself is served at /api/openapi.json
     app = FastAPI(title="metauas", description="Anomaly segmentation from one normal image (MetaUAS).",
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.service = service
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404 unknown path, 405 wrong method, ...: the documented {"error"} shape, not {"detail"}
+        path = request.url.path[:100]
+        messages = {404: f"not found: {path}", 405: f"method {request.method} not allowed for {path}"}
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        message = messages.get(exc.status_code, detail or "request refused")
+        if detail and exc.status_code not in messages:
+            message = detail
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return JSONResponse({"error": f"invalid request: {where} {first.get('msg', '')}".strip()}, status_code=400)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -359,6 +600,8 @@ def create_app(service: SegmentService) -> Any:
             raise ApiError(400, f"malformed upload: {exc.message}") from None
         except _TooLarge:  # raised by BodySizeLimit while the body streams in
             raise ApiError(413, f"request too large (limit {config.max_request_mb:g} MiB)") from None
+        except _UploadTimeout:  # raised by RequestGate when the body is too slow
+            raise ApiError(408, f"upload not completed within {config.upload_timeout_s:g} s") from None
         try:
             prompts = [f for f in form.getlist("prompt") if isinstance(f, UploadFile)]
             queries = [f for f in form.getlist("query") if isinstance(f, UploadFile)]
@@ -393,7 +636,8 @@ def create_app(service: SegmentService) -> Any:
                             headers={"Content-Disposition": 'attachment; filename="metauas_results.zip"'})
         return JSONResponse(payload)
 
-    return BodySizeLimit(app, config.max_request_bytes)
+    limited = BodySizeLimit(app, config.max_request_bytes)
+    return RequestGuard(RequestGate(limited, config), config.allowed_hosts, config.allowed_origins)
 
 
 def _parse_threshold(value: Any) -> float | None:

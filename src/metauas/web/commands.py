@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve", help="local web page + JSON API for segmenting uploaded images",
         description="Starts a local web app (FastAPI + uvicorn): open http://HOST:PORT/ in a browser; "
-                    "the JSON API is documented in docs/web.md and at /api/docs.")
+                    "the JSON API is documented in docs/web.md (OpenAPI schema at /api/openapi.json). Only "
+                    "localhost Host names and same-origin pages are served unless --allow-host/--allow-origin "
+                    "say otherwise.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     _add_model_options(serve)
@@ -23,6 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-file-mb", type=float, default=10.0, help="largest accepted file (MiB, default 10)")
     serve.add_argument("--max-request-mb", type=float, default=50.0, help="largest request body (MiB, default 50)")
     serve.add_argument("--max-queries", type=int, default=16, help="query images per request (default 16)")
+    serve.add_argument("--max-active-requests", type=int, default=2,
+                       help="segment requests processed at once (default 2)")
+    serve.add_argument("--max-waiting-requests", type=int, default=8,
+                       help="further requests that wait for a slot; beyond them: HTTP 503 (default 8)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests whose Host header names NAME (repeatable; '*' = any; "
+                            "default: 127.0.0.1, localhost, ::1 and the --host address)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="also accept uploads from pages of ORIGIN, e.g. http://tool.lan:9000 (repeatable)")
     serve.set_defaults(func=run_serve)
 
 
@@ -31,10 +42,20 @@ def build_service(args: argparse.Namespace, shots: int = 1):
     from metauas.inference.commands import build_engine
     from metauas.web.app import SegmentService, WebConfig
 
-    if args.max_file_mb <= 0 or args.max_request_mb <= 0 or args.max_queries < 1:
+    from metauas.web.app import LOCAL_HOSTS
+
+    active, waiting = getattr(args, "max_active_requests", 2), getattr(args, "max_waiting_requests", 8)
+    if args.max_file_mb <= 0 or args.max_request_mb <= 0 or args.max_queries < 1 or active < 1 or waiting < 0:
         raise InputError("limits must be positive")
+    hosts = list(LOCAL_HOSTS)
+    listen = getattr(args, "host", "127.0.0.1")
+    if listen not in ("0.0.0.0", "::", ""):
+        hosts.append(listen)
+    hosts += getattr(args, "allow_host", None) or []
     config = WebConfig(max_file_mb=args.max_file_mb, max_request_mb=args.max_request_mb,
-                       max_queries=args.max_queries, threshold=args.threshold)
+                       max_queries=args.max_queries, threshold=args.threshold, max_active_requests=active,
+                       max_waiting_requests=waiting, allowed_hosts=list(dict.fromkeys(hosts)),
+                       allowed_origins=list(getattr(args, "allow_origin", None) or []))
     if args.backend == "onnxruntime":
         config.max_prompts = shots  # an ONNX export is built for a fixed number of prompts
     engine = build_engine(args, shots=shots)
@@ -74,10 +95,17 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"metauas: WARNING: listening on {args.host}: anyone who can reach this address can use the app",
               file=sys.stderr)
+        if args.host in ("0.0.0.0", "::") and not args.allow_host:
+            print("metauas: NOTE: only requests naming localhost are answered; add --allow-host NAME for the "
+                  "name or address other machines use", file=sys.stderr)
     print(f"metauas: serving {service.model_name} ({service.backend}, size {service.segmenter.size}) at "
           f"http://{args.host}:{args.port}/  (Ctrl+C to stop)", file=sys.stderr)
     try:
-        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+        # uvicorn's own cap on open connections (plain-text 503 beyond it); the app's JSON 503s for
+        # segment requests come first, this only bounds floods of other requests
+        limit = service.config.max_active_requests + service.config.max_waiting_requests + 32
+        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning",
+                    limit_concurrency=limit)
     except OSError as exc:
         raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
