@@ -82,6 +82,26 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 
 
 # ---------------------------------------------------------------------------- segment: outputs
+def test_segment_with_a_prompt_pool_records_the_prompt_of_each_query(tmp_path, tiny_model, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    a = save_rgb(pool / "a.png", texture(80, 96, 21))
+    b = save_rgb(pool / "b.png", texture(80, 96, 22))
+    out = tmp_path / "out"
+    code, _, err = run("segment", "--prompt-pool", pool, "--query", a, b, "--out", out, "--model", tiny_model,
+                       "--quiet", capsys=capsys)
+    assert code == 0, err
+    data = json.loads((out / "results.json").read_text())
+    assert data["prompt_mode"].startswith("pool")
+    assert [r["prompts"] for r in data["results"]] == [[str(a)], [str(b)]]  # each query's own twin
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].endswith(",prompts") and rows[1].endswith(str(a))
+    many = [save_rgb(tmp_path / f"g{i}.png", texture(40, 40, i)) for i in range(17)]
+    code, _, err = run("segment", "--prompt", *many, "--query", a, "--out", tmp_path / "o2", "--model",
+                       tiny_model, capsys=capsys)
+    assert_one_line_error(code, err, "at most 16", "--prompt-pool")
+
+
 def test_segment_writes_maps_overlays_results(tmp_path, pair, tiny_model, capsys):
     prompt, query = pair
     out = tmp_path / "out"

@@ -156,6 +156,20 @@ def test_segment_json_matches_segmenter(base, model):
         "anomalous" if data["results"][0]["score"] > 0.25 else "normal")
 
 
+def test_prompt_pool_mode_compares_each_query_with_its_most_similar_prompt(base, model):
+    good_a, good_b = texture(60, 80, 11), texture(60, 80, 12)
+    files = [("prompt", "a.png", png_bytes(good_a)), ("prompt", "b.png", png_bytes(good_b)),
+             ("query", "qa.png", png_bytes(good_a)), ("query", "qb.png", png_bytes(good_b))]
+    status, data, _ = post(base, files, {"prompt_mode": "pool"})
+    assert status == 200, data
+    assert data["prompt_mode"] == "pool"
+    assert [r["prompts"] for r in data["results"]] == [["a.png"], ["b.png"]]
+    for r, good in zip(data["results"], (good_a, good_b)):
+        assert r["score"] == pytest.approx(expected_scores(model, good, [good])[0], abs=1e-6)
+    status, data, _ = post(base, files[:1] + files[2:3], {"prompt_mode": "best"})
+    assert status == 400 and "prompt_mode" in data["error"]
+
+
 def test_segment_zip_download(base):
     prompt, query = texture(64, 64, 4), texture(64, 64, 5)
     status, data, kind = post(base, [("prompt", "p.png", png_bytes(prompt)), ("query", "q.png", png_bytes(query))],
