@@ -19,13 +19,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from metauas.models.comparison import nearest_cosine_distance
+from metauas.models.comparison import PATCHMATCH_LEVELS
+from metauas.models.comparison import patchmatch_map as _patchmatch_map
 
-__all__ = ["DEFAULT_STAGES", "patchmatch_map", "nearest_cosine_distance"]
+__all__ = ["DEFAULT_STAGES", "patchmatch_map"]
 
-DEFAULT_STAGES = (3, 4)
+DEFAULT_STAGES = PATCHMATCH_LEVELS
 
 
 def patchmatch_map(
@@ -38,12 +38,8 @@ def patchmatch_map(
 
     ``encoder_features_prompt[l]`` may be (B, C, h, w), (1, C, h, w) (shared prompt) or
     (B, K, C, h, w) for K prompts.  Works without gradients (a baseline, and a training-free
-    validation reference for the training code).
+    validation reference for the training code); the maths is `metauas.models.comparison.patchmatch_map`.
     """
     size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
-    maps = []
     with torch.no_grad():
-        for level in stages:
-            d = nearest_cosine_distance(encoder_features_query[level], encoder_features_prompt[level])
-            maps.append(F.interpolate(d, size=size, mode="bilinear", align_corners=False))
-    return (0.5 * torch.stack(maps, dim=0).mean(dim=0)).clamp_(0.0, 1.0)
+        return _patchmatch_map(encoder_features_query, encoder_features_prompt, size, stages)

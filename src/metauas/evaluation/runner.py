@@ -151,7 +151,7 @@ class _ModelAdapter:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.fast = hasattr(model, "forward_features") and hasattr(model, "prompt_from_features")
+        self.fast = hasattr(model, "anomaly_map") and hasattr(model, "prompt_from_features")
 
     def encode(self, images01: torch.Tensor) -> list[torch.Tensor]:
         return self.model.encode(images01)
@@ -159,8 +159,7 @@ class _ModelAdapter:
     def predict(self, q: torch.Tensor, qf: list[torch.Tensor] | None, p: torch.Tensor,
                 pf: list[torch.Tensor] | None) -> torch.Tensor:
         if self.fast and qf is not None and pf is not None:
-            logits = self.model.forward_features(qf, self.model.prompt_from_features(pf))
-            return self.model.probabilities(logits)
+            return self.model.anomaly_map(qf, self.model.prompt_from_features(pf))
         if p.shape[0] == 1 and q.shape[0] > 1:
             p = p.expand(q.shape[0], *p.shape[1:])
         return self.model(query=q, prompt=p)

@@ -174,8 +174,7 @@ class DecoderGraph(nn.Module):
             if self.has_keys:
                 keys[level] = rest[n + i]
         # f0 is never fused or decoded; its slot only carries the batch size for expand_to
-        logits = self.model.forward_features([query[0]] + query, PromptFeatures(features, keys))  # type: ignore[arg-type]
-        return self.model.probabilities(logits)
+        return self.model.anomaly_map([query[0]] + query, PromptFeatures(features, keys))  # type: ignore[arg-type]
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
@@ -213,11 +212,26 @@ def _single_attention_chunk(model: MetaUAS, size: int) -> Iterator[None]:
             align.chunk_size = chunk
 
 
+def _check_prompt_levels(model: MetaUAS) -> None:
+    """The decoder graph receives prompt features of the aligned levels only: every level that
+    the comparison signals or the patch-matching fusion read must be one of them."""
+    from metauas.models.comparison import PATCHMATCH_LEVELS
+
+    needed = set(model.comparison.levels) if model.comparison is not None else set()
+    if model.config.patchmatch_weight > 0:
+        needed |= set(PATCHMATCH_LEVELS)
+    missing = sorted(needed - set(model.aligned_levels))
+    if missing:
+        raise InputError(f"this model reads prompt features of levels {missing}, which are not aligned levels; "
+                         "ONNX export supports models whose comparison/patch-matching levels are aligned")
+
+
 def export_onnx(model: MetaUAS, out_dir: str | os.PathLike, config: OnnxExportConfig | None = None,
                 model_name: str = "", overwrite: bool = False, verify: bool = True) -> OnnxMetadata:
     """Write encoder/prompt/decoder graphs and metadata to `out_dir`; returns the metadata."""
     config = config or OnnxExportConfig()
     config.validate()
+    _check_prompt_levels(model)
     out = Path(out_dir)
     existing = [out / name for name in EXPORT_FILES if (out / name).exists()]
     if existing and not overwrite:
@@ -277,7 +291,7 @@ def verify_export(model: MetaUAS, folder: Path, meta: OnnxMetadata, batch: int =
     queries = torch.rand(batch, 3, meta.size, meta.size, generator=gen)
     with torch.inference_mode():
         prepared = model.prepare_prompt(prompts[None] if meta.shots > 1 else prompts)
-        expected = model.probabilities(model.forward_features(model.encode(queries), prepared)).numpy()
+        expected = model.anomaly_map(model.encode(queries), prepared).numpy()
     runner.set_prompt_tensor(prompts.numpy())
     got = runner.predict(queries.numpy())
     return float(np.abs(got - expected).max())

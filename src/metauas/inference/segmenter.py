@@ -211,9 +211,8 @@ class Segmenter:
     def predict_tensor(self, queries: torch.Tensor, return_prompts: bool = False):
         """(B,3,S,S) in [0,1] -> anomaly probabilities (B,1,S,S), using the cached prompt(s).
 
-        With several prompts per query the pixel-wise minimum over prompts is returned (the
-        logits' minimum, so the same as the probabilities' minimum). ``return_prompts=True``
-        also returns the prompt indices used per query.
+        With several prompts per query the pixel-wise minimum over prompts is returned.
+        ``return_prompts=True`` also returns the prompt indices used per query.
         """
         net = self.inference_model
         with torch.inference_mode():
@@ -223,15 +222,15 @@ class Segmenter:
             for q, ids in enumerate(chosen):
                 for p in ids:
                     users.setdefault(p, []).append(q)
-            logits: torch.Tensor | None = None
+            probs: torch.Tensor | None = None
             for p, qs in users.items():
                 index = torch.tensor(qs, device=features[0].device)
-                part = net.forward_features([f.index_select(0, index) for f in features], self._prompts[p])
-                if logits is None:
-                    logits = torch.full((features[0].shape[0], *part.shape[1:]), float("inf"),
-                                        dtype=part.dtype, device=part.device)
-                logits[index] = torch.minimum(logits[index], part)
-            probs = self.model.probabilities(logits).contiguous()  # type: ignore[arg-type]
+                part = net.anomaly_map([f.index_select(0, index) for f in features], self._prompts[p])
+                if probs is None:
+                    probs = torch.full((features[0].shape[0], *part.shape[1:]), float("inf"),
+                                       dtype=part.dtype, device=part.device)
+                probs[index] = torch.minimum(probs[index], part)
+            probs = probs.contiguous()  # type: ignore[union-attr]
         return (probs, chosen) if return_prompts else probs
 
     def segment(self, queries: ImageLike | Sequence[ImageLike], batch_size: int | None = None,

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["COMPARISON_TYPES", "COMPARISON_LEVELS", "nearest_cosine_distance", "aligned_cosine_distance",
-           "Comparison"]
+__all__ = ["COMPARISON_TYPES", "COMPARISON_LEVELS", "PATCHMATCH_LEVELS", "nearest_cosine_distance",
+           "aligned_cosine_distance", "patchmatch_map", "Comparison"]
 
 COMPARISON_TYPES: tuple[str, ...] = ("none", "cosine")
 COMPARISON_LEVELS: tuple[int, ...] = (3, 4, 5)
@@ -67,6 +67,28 @@ def nearest_cosine_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: in
         best.append(sim.amax(dim=2))
     max_sim = torch.cat(best, dim=1).clamp(-1.0, 1.0)
     return (1.0 - max_sim).view(b, 1, h, w)
+
+
+PATCHMATCH_LEVELS: tuple[int, ...] = (3, 4)
+
+
+def patchmatch_map(query_features: Sequence[torch.Tensor], prompt_features: Sequence[torch.Tensor],
+                   size: tuple[int, int], levels: Sequence[int] = PATCHMATCH_LEVELS) -> torch.Tensor:
+    """Training-free one-shot patch-matching anomaly map (PatchCore's score, Roth et al. 2022).
+
+    Per level: `nearest_cosine_distance` of every query position to the prompt(s), upsampled
+    bilinearly to ``size``; the map is half the mean over ``levels`` (default f3, f4).
+
+    Args:
+        query_features: encoder features f0..f5 of the queries, f_l (B, C, h, w).
+        prompt_features: f0..f5 of the prompt(s): (B|1, C, h, w) or (B|1, K, C, h, w).
+        size: output (H, W).
+    Returns:
+        (B, 1, H, W) float32 in [0, 1]; 0 where the query equals a prompt.
+    """
+    maps = [F.interpolate(nearest_cosine_distance(query_features[level], prompt_features[level]),
+                          size=tuple(size), mode="bilinear", align_corners=False) for level in levels]
+    return (0.5 * torch.stack(maps, dim=0).mean(dim=0)).clamp(0.0, 1.0)
 
 
 def aligned_cosine_distance(query: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:

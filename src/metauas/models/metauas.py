@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, fuse, fused_channels
-from metauas.models.comparison import COMPARISON_TYPES, Comparison
+from metauas.models.comparison import COMPARISON_TYPES, Comparison, patchmatch_map
 from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
 from metauas.models.encoders import ENCODERS, build_encoder
 
@@ -26,6 +26,7 @@ class ModelConfig:
     encoder_head: bool | None = None  # keep the unused classifier-head conv (official layout)
     comparison: str = "none"  # none (paper) | cosine (explicit comparison signals, models/comparison.py)
     temperature: float = 1.0  # anomaly map = sigmoid(logits / temperature) (calibration; 1 = paper)
+    patchmatch_weight: float = 0.0  # anomaly map = (1-w) * model + w * patch matching (0 = model only)
 
     def validate(self) -> None:
         if self.encoder not in ENCODERS:
@@ -38,6 +39,8 @@ class ModelConfig:
             raise ValueError("num_aligned must be between 0 and 5")
         if self.image_size % 32:
             raise ValueError("image_size must be a multiple of 32")
+        if not 0.0 <= float(self.patchmatch_weight) <= 1.0:
+            raise ValueError(f"patchmatch_weight must be in [0, 1], got {self.patchmatch_weight}")
         if not 0.05 <= float(self.temperature) <= 100.0:
             raise ValueError(f"temperature must be in [0.05, 100], got {self.temperature}")
         if self.comparison not in COMPARISON_TYPES:
@@ -185,9 +188,26 @@ class MetaUAS(nn.Module):
         t = float(self.config.temperature)
         return torch.sigmoid(logits if t == 1.0 else logits / t)
 
+    def anomaly_map(self, query_features: Sequence[torch.Tensor], prompt: PromptFeatures) -> torch.Tensor:
+        """The anomaly map (B,1,H,W) in [0,1] from encoded queries and a prepared prompt.
+
+        ``(1 - w) * sigmoid(logits / T) + w * patchmatch`` with ``w = config.patchmatch_weight``
+        (default 0: the network alone) and ``T = config.temperature``; the patch-matching map
+        is `metauas.models.comparison.patchmatch_map` on the same encoder features (PatchCore's
+        nearest-neighbour distance, Roth et al. 2022), so the fusion costs no extra encoder pass.
+        """
+        logits = self.forward_features(query_features, prompt)
+        probs = self.probabilities(logits)
+        w = float(self.config.patchmatch_weight)
+        if w == 0.0:
+            return probs
+        features = prompt.expand_to(query_features[0].shape[0]).features
+        pm = patchmatch_map(query_features, features, tuple(logits.shape[-2:])).to(probs.dtype)
+        return (1.0 - w) * probs + w * pm
+
     def forward(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """Anomaly map (B,1,H,W) in [0,1] of queries (B,3,H,W) against prompts; see the class doc."""
-        return self.probabilities(self.logits(query, prompt))
+        return self.anomaly_map(self.encode(query), self.prepare_prompt(prompt))
 
     # ------------------------------------------------------------------ info
     def trainable_parameters(self) -> list[nn.Parameter]:

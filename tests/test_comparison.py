@@ -1,0 +1,95 @@
+"""The comparison architecture, the patch-matching fusion and the map temperature."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from metauas.inference import Segmenter
+from metauas.inference.export import OnnxExportConfig, export_onnx
+from metauas.inference.onnx_backend import OnnxRunner
+from metauas.models import MetaUAS, ModelConfig, load_checkpoint, save_safetensors
+from metauas.models.comparison import nearest_cosine_distance, patchmatch_map
+from metauas.training.config import TrainConfig
+from metauas.training.trainer import build_model_from_config, parameter_groups
+
+SIZE = 64
+
+
+def lite(**kw) -> MetaUAS:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder="efficientnet-lite0", image_size=SIZE, decoder_channels=(32, 16, 16, 16, 16), **kw)
+    return MetaUAS(cfg, pretrained_encoder=True).eval()
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def test_nearest_distance_is_zero_for_identical_features_and_pools_k_prompts():
+    q = torch.randn(2, 8, 5, 6)
+    assert float(nearest_cosine_distance(q, q).abs().max()) < 1e-5
+    other = torch.randn(2, 8, 5, 6)
+    d_other = nearest_cosine_distance(q, other)
+    assert float(d_other.min()) > 1e-3
+    pooled = nearest_cosine_distance(q, torch.stack([other, q], dim=1))  # (B,K,C,h,w): q is one of them
+    assert float(pooled.abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="do not fit"):
+        nearest_cosine_distance(q, torch.randn(2, 9, 5, 6))
+
+
+def test_zero_initialised_comparison_computes_what_the_source_model_computed(tmp_path):
+    base = lite()
+    path = save_safetensors(base, tmp_path / "base.safetensors")
+    cfg = TrainConfig(encoder="efficientnet-lite0", image_size=SIZE, decoder_channels=[32, 16, 16, 16, 16],
+                      comparison="cosine", init_from=str(path))
+    model = build_model_from_config(cfg).eval()
+    q, p = images(2, 1), images(2, 2)
+    with torch.no_grad():
+        assert float((model(q, p) - base(q, p)).abs().max()) == 0.0
+    names = {n for n, _ in model.named_parameters() if n.startswith("comparison.")}
+    assert names and all(float(t.detach().abs().max()) == 0 for n, t in model.named_parameters() if n in names)
+    groups = parameter_groups(model, cfg)
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(cfg.lr * cfg.comparison_lr_scale)
+    # the comparison signals reach the logits once their weights are not zero
+    with torch.no_grad():
+        model.comparison.head.weight.fill_(0.5)
+        assert float((model(q, p) - base(q, p)).abs().max()) > 1e-3
+
+
+def test_fusion_and_temperature_follow_their_formula():
+    model = lite(comparison="cosine", patchmatch_weight=0.4, temperature=2.0)
+    q, p = images(2, 3), images(1, 4)
+    with torch.no_grad():
+        qf, prompt = model.encode(q), model.prepare_prompt(p)
+        logits = model.forward_features(qf, prompt)
+        pm = patchmatch_map(qf, prompt.expand_to(2).features, (SIZE, SIZE))
+        expected = 0.6 * torch.sigmoid(logits / 2.0) + 0.4 * pm
+        assert float((model.anomaly_map(qf, prompt) - expected).abs().max()) < 1e-6
+        assert float((model(q, p.expand(2, -1, -1, -1)) - expected).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="patchmatch_weight"):
+        ModelConfig(patchmatch_weight=1.5).validate()
+
+
+def test_config_round_trip_and_segmenter_onnx_parity(tmp_path):
+    model = lite(comparison="cosine", patchmatch_weight=0.3, temperature=1.5)
+    with torch.no_grad():
+        model.comparison.head.weight.normal_(0, 0.5)
+        for conv in model.comparison.inject.values():
+            conv.weight.normal_(0, 0.1)
+    path = save_safetensors(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(path).eval()
+    assert asdict(loaded.config)["patchmatch_weight"] == 0.3 and loaded.config.comparison == "cosine"
+    q, p = images(3, 5), images(1, 6)
+    with torch.no_grad():
+        expected = model(q, p.expand(3, -1, -1, -1))
+    seg = Segmenter(loaded)
+    seg.set_prompt_tensor(p)
+    assert float((seg.predict_tensor(q) - expected).abs().max()) < 1e-4
+    export_onnx(loaded, tmp_path / "onnx", OnnxExportConfig(size=SIZE))
+    runner = OnnxRunner(tmp_path / "onnx")
+    runner.set_prompt_tensor(p.numpy())
+    assert np.abs(runner.predict(q.numpy()) - expected.numpy()).max() < 1e-4
