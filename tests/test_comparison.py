@@ -93,3 +93,18 @@ def test_config_round_trip_and_segmenter_onnx_parity(tmp_path):
     runner = OnnxRunner(tmp_path / "onnx")
     runner.set_prompt_tensor(p.numpy())
     assert np.abs(runner.predict(q.numpy()) - expected.numpy()).max() < 1e-4
+
+
+def test_eval_network_method_drops_only_the_fusion():
+    from metauas.evaluation.runner import predict_maps
+
+    model = lite(comparison="cosine", patchmatch_weight=0.5)
+    q = (images(2, 7) * 255).to(torch.uint8)
+    p = (images(1, 8) * 255).to(torch.uint8)
+    with torch.no_grad():
+        qf, prompt = model.encode(q.float() / 255), model.prepare_prompt(p.float() / 255)
+        network = model.probabilities(model.forward_features(qf, prompt))[:, 0]
+        default = model.anomaly_map(qf, prompt)[:, 0]
+    assert float((predict_maps(model, q, p, "network") - network).abs().max()) < 1e-5
+    assert float((predict_maps(model, q, p, "metauas") - default).abs().max()) < 1e-5
+    assert model.config.patchmatch_weight == 0.5  # restored

@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", default=None, help="bundled model name or checkpoint path (default: bundled)")
     ev.add_argument("--size", type=int, default=256, help="model input and evaluation size (multiple of 32)")
     ev.add_argument("--method", default="metauas", choices=METHODS,
-                    help="metauas (the model) or patchmatch (training-free one-shot baseline)")
+                    help="metauas (the default pipeline: what `metauas segment` computes), network (the "
+                         "model without its built-in patch-matching fusion) or patchmatch (training-free "
+                         "one-shot baseline)")
     ev.add_argument("--protocol", default="exact", choices=PROTOCOLS,
                     help="exact (default) or metauas (official evaluator's choices, for comparison)")
     ev.add_argument("--fusion-weight", type=float, default=0.5, help="best+: weight of the patch-matching map")

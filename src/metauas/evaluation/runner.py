@@ -14,6 +14,7 @@ evaluation pipeline does (this slightly enlarges defects).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ from metauas.prompts import PROMPT_STRATEGIES, DescriptorCache, global_descripto
 
 __all__ = ["EvalConfig", "METHODS", "run_evaluation", "aggregate", "write_reports", "predict_maps"]
 
-METHODS = ("metauas", "patchmatch")
+METHODS = ("metauas", "network", "patchmatch")  # network: the model without its patch-matching fusion
 RESULT_VERSION = 2  # 2: product image score (top-k mean), k-shot as pixel-wise minimum
 
 
@@ -83,7 +84,7 @@ class EvalConfig:
             raise InputError("--batch-size must be >= 1")
         if not 0.0 <= self.fusion_weight <= 1.0:
             raise InputError("fusion weight must be in [0, 1]")
-        if self.method == "patchmatch" and self.prompt == "best+":
+        if self.method != "metauas" and self.prompt == "best+":
             raise InputError("--prompt best+ fuses the model with patch matching; use --method metauas")
 
     def run_seeds(self) -> list[int]:
@@ -165,6 +166,20 @@ class _ModelAdapter:
         return self.model(query=q, prompt=p)
 
 
+@contextlib.contextmanager
+def _without_patchmatch(model: torch.nn.Module):
+    """Temporarily set ``config.patchmatch_weight`` to 0 (the network's own map)."""
+    config = getattr(model, "config", None)
+    weight = getattr(config, "patchmatch_weight", 0.0)
+    try:
+        if config is not None and weight:
+            config.patchmatch_weight = 0.0
+        yield
+    finally:
+        if config is not None and weight:
+            config.patchmatch_weight = weight
+
+
 @torch.inference_mode()
 def predict_maps(
     model: torch.nn.Module,
@@ -177,7 +192,9 @@ def predict_maps(
     """Anomaly maps (B, H, W) for uint8 query images and their prompts.
 
     ``prompts_u8``: (1,3,H,W) shared, (B,3,H,W) per query, or (B,K,3,H,W) / (1,K,3,H,W) k-shot.
-    ``method``: "metauas" (model), "patchmatch" (training-free baseline); with ``fusion_weight``
+    ``method``: "metauas" (the model's anomaly map, as `Segmenter` computes it), "network"
+    (the same without the model's own patch-matching fusion, ``config.patchmatch_weight``),
+    "patchmatch" (training-free baseline); with ``fusion_weight``
     > 0 and method "metauas" the model map is fused with the patch-matching map:
     ``(1 - w) * model + w * patchmatch`` (MetaUAS*+). ``kshot``: with K prompts, "min" keeps
     the pixel-wise minimum of one map per prompt (what `Segmenter` does by default), "mean" uses
@@ -192,6 +209,9 @@ def predict_maps(
     pf = adapter.encode(p) if need_feats else None
     if method == "patchmatch":
         return patchmatch_map(qf, pf, tuple(size))[:, 0]
+    if method == "network":
+        with _without_patchmatch(model):
+            return predict_maps(model, queries_u8, prompts_u8, "metauas", fusion_weight, kshot)
     if p.dim() == 5 and kshot == "min":
         per_prompt = [adapter.predict(q, qf, p[:, k], None if pf is None else [f[:, k] for f in pf])
                       for k in range(p.shape[1])]
@@ -320,7 +340,7 @@ def _run_category(cfg: EvalConfig, data: BenchmarkData, cat: CategoryData, model
             with torch.inference_mode():
                 maps[i:i + q.shape[0]] = predict_maps(model, q, p, cfg.method, fusion).cpu().numpy()
         # the product's image score for the model (metauas.scoring); the baseline keeps the map maximum
-        scores = image_scores(maps) if cfg.method == "metauas" else None
+        scores = image_scores(maps) if cfg.method != "patchmatch" else None
         metrics = evaluate(loaded.masks, list(maps), labels=loaded.labels, protocol=cfg.protocol,
                            image_scores=scores)
         state["seeds"][str(seed)] = {
