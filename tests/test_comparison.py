@@ -108,3 +108,14 @@ def test_eval_network_method_drops_only_the_fusion():
     assert float((predict_maps(model, q, p, "network") - network).abs().max()) < 1e-5
     assert float((predict_maps(model, q, p, "metauas") - default).abs().max()) < 1e-5
     assert model.config.patchmatch_weight == 0.5  # restored
+
+
+@pytest.mark.parametrize("field,value", [("patchmatch_weight", 2.0), ("patchmatch_weight", "0.5"),
+                                         ("temperature", 0.0), ("comparison", "l2")])
+def test_model_metadata_of_the_new_fields_is_checked(field, value):
+    from metauas.errors import CheckpointError
+    from metauas.schemas import check_model_config
+
+    with pytest.raises(CheckpointError, match=field):
+        check_model_config({field: value}, "m.safetensors")
+    check_model_config({"patchmatch_weight": 0.8, "temperature": 1.0, "comparison": "cosine"}, "m.safetensors")

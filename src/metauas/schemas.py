@@ -81,6 +81,10 @@ def check_model_config(data: Any, source: str) -> dict[str, Any]:
         raise bad("encoder_head", "must be true, false or null")
     if "comparison" in data and data["comparison"] not in COMPARISON_TYPES:
         raise bad("comparison", f"must be one of {list(COMPARISON_TYPES)}")
+    if "patchmatch_weight" in data:
+        w = data["patchmatch_weight"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+            raise bad("patchmatch_weight", f"must be a number from 0 to 1, got {str(w)[:40]}")
     if "temperature" in data:
         t = data["temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.05 <= float(t) <= 100.0:
