@@ -45,3 +45,15 @@ def official_model(official_state_dict):
     model = official_metauas()
     model.load_state_dict(official_state_dict, strict=True)
     return model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small random MetaUAS (Lite0, 64 px) saved as safetensors: for CLI and file-handling tests."""
+    from metauas.models import MetaUAS, ModelConfig, save_safetensors
+
+    torch.manual_seed(0)
+    model = MetaUAS(ModelConfig(encoder="efficientnet-lite0", image_size=64)).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_safetensors(model, path)
+    return path

@@ -29,17 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from metauas.models import MetaUAS, ModelConfig, save_safetensors
-
-    torch.manual_seed(0)
-    model = MetaUAS(ModelConfig(encoder="efficientnet-lite0", image_size=64)).eval()
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_safetensors(model, path)
-    return path
-
-
 
 @pytest.fixture(autouse=True)
 def _user_folder(tmp_path, monkeypatch):

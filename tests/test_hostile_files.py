@@ -29,17 +29,6 @@ def _user_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("METAUAS_HOME", str(tmp_path / "metauas_home"))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from metauas.models import MetaUAS, ModelConfig, save_safetensors
-
-    torch.manual_seed(0)
-    model = MetaUAS(ModelConfig(encoder="efficientnet-lite0", image_size=64)).eval()
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_safetensors(model, path)
-    return path
-
-
 @pytest.fixture
 def images(tmp_path) -> tuple[Path, Path]:
     prompt, query = tmp_path / "p.png", tmp_path / "q.png"

@@ -18,17 +18,6 @@ from metauas.errors import InputError, UnsupportedImageError
 from metauas.inference.images import decode_image
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from metauas.models import MetaUAS, ModelConfig, save_safetensors
-
-    torch.manual_seed(0)
-    model = MetaUAS(ModelConfig(encoder="efficientnet-lite0", image_size=64)).eval()
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_safetensors(model, path)
-    return path
-
-
 @pytest.fixture
 def ghostscript_trap(tmp_path, monkeypatch) -> Path:
     """A fake `gs` first on PATH; Pillow's cached Ghostscript lookup is reset so it would be found."""

@@ -193,7 +193,7 @@ class RequestGate:
         self.active += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + c.upload_timeout_s
-        started = False
+        tracked = _TrackedSend(send)
 
         async def timed_receive() -> dict:
             remaining = deadline - loop.time()
@@ -202,16 +202,10 @@ class RequestGate:
             except asyncio.TimeoutError:
                 raise _UploadTimeout from None
 
-        async def tracking_send(msg: dict) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
         try:
-            await self.app(scope, timed_receive, tracking_send)
+            await self.app(scope, timed_receive, tracked)
         except _UploadTimeout:
-            if not started:
+            if not tracked.started:
                 await _send_json(send, 408, {"error": f"upload not completed within {c.upload_timeout_s:g} s"})
         finally:
             self.active -= 1
@@ -288,7 +282,7 @@ class BodySizeLimit:
             await _send_json(send, 413, {"error": message})
             return
         received = 0
-        started = False
+        tracked = _TrackedSend(send)
 
         async def limited_receive() -> dict:
             nonlocal received
@@ -299,17 +293,23 @@ class BodySizeLimit:
                     raise _TooLarge
             return msg
 
-        async def tracking_send(msg: dict) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except _TooLarge:
-            if not started:
+            if not tracked.started:
                 await _send_json(send, 413, {"error": message})
+
+
+class _TrackedSend:
+    """An ASGI ``send`` that remembers whether the response has started (then no error body can follow)."""
+
+    def __init__(self, send: Any) -> None:
+        self.send, self.started = send, False
+
+    async def __call__(self, msg: dict) -> None:
+        if msg["type"] == "http.response.start":
+            self.started = True
+        await self.send(msg)
 
 
 async def _send_json(send: Any, status: int, payload: dict, headers: list | None = None) -> None:
