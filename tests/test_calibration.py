@@ -15,6 +15,7 @@ from metauas.inference.calibration import (PixelF1, Thresholds, calibrate, f1_th
                                            load_thresholds, quantile_threshold, read_threshold_file,
                                            save_thresholds, store_path)
 from metauas.inference.segmenter import SegmentationResult
+from metauas.runtime.predictor import Predictor
 
 
 def test_quantile_threshold_is_an_observed_good_score():
@@ -118,16 +119,18 @@ def test_fingerprint_depends_on_content_and_order(tmp_path: Path):
     assert fingerprint([a]) == fingerprint([c])  # same content, other name
 
 
-class FakeSegmenter:
-    """Map = first channel of the image / 255: calibration inputs are fully controlled."""
+class FakeSegmenter(Predictor):
+    """Map = first channel of the image / 255: calibration inputs are fully controlled (the
+    predictor loop reads the files; only the model call is replaced)."""
 
-    size = 64
+    def __init__(self) -> None:
+        super().__init__(size=64)
 
-    def segment(self, queries, batch_size=None, names=None):
+    def _segment_chunk(self, images, names):
         out = []
-        for rgb in queries:
-            m = rgb[..., 0].astype(np.float32) / 255.0
-            out.append(SegmentationResult(m, float(m.max()), ""))
+        for image, name in zip(images, names):
+            m = image.rgb[..., 0].astype(np.float32) / 255.0
+            out.append(SegmentationResult(m, float(m.max()), name))
         return out
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from metauas.errors import InputError
 from metauas.scoring import image_score
-from metauas.inference import images as images_module
+from metauas.io import images as images_module
 from metauas.inference.images import list_images, load_image, to_model_tensor
 from metauas.inference.segmenter import Segmenter
 from metauas.models import MetaUAS, ModelConfig
@@ -48,8 +48,12 @@ def test_grey_one_channel_uint16_and_bool_arrays():
     out = load_image(deep)
     assert out[1, 1, 0] == 255 and out[0, 0, 0] == 0
     assert load_image(np.ones((10, 10), bool)).max() == 255
-    rgba = np.concatenate([rgb_array(), np.zeros((20, 30, 1), np.uint8)], axis=2)
-    assert np.array_equal(load_image(rgba), rgb_array())  # arrays: alpha dropped
+    # arrays follow the one alpha rule (composited on white, as files): opaque keeps the colours,
+    # fully transparent is white
+    opaque = np.concatenate([rgb_array(), np.full((20, 30, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(load_image(opaque), rgb_array())
+    clear = np.concatenate([rgb_array(), np.zeros((20, 30, 1), np.uint8)], axis=2)
+    assert (load_image(clear) == 255).all()
 
 
 def _save(image: Image.Image, path: Path, **kwargs) -> Path:

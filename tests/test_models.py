@@ -294,8 +294,10 @@ def test_wrapped_checkpoints_load(tmp_path, official_file):
     _, state = official_file
     path = tmp_path / "wrapped-512.pth"
     torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3}, path)
-    model = load_checkpoint(path)
+    model = load_checkpoint(path, image_size=512)
     assert _same_state(model, state) and model.config.image_size == 512
+    # the input size is said, never guessed from the file name (official files do not record it)
+    assert load_checkpoint(path).config.image_size == 256
 
 
 class _Escape:

@@ -107,24 +107,21 @@ def test_every_error_is_json_error(base):
     assert status == 200 and "/api/segment" in data["paths"]
 
 
-class SlowSegmenter:
-    """A Segmenter that takes `delay` seconds per call (to fill the server)."""
+class SlowSegmenter(Segmenter):
+    """A Segmenter that takes `delay` seconds per model call (to fill the server)."""
 
-    def __init__(self, inner: Segmenter, delay: float) -> None:
-        self.inner, self.delay = inner, delay
-        self.size = inner.size
+    def __init__(self, model, delay: float) -> None:
+        super().__init__(model)
+        self.delay = delay
 
-    def set_prompt(self, prompts):
-        return self.inner.set_prompt(prompts)
-
-    def segment(self, queries, names=None):
+    def _predict(self, batch):
         time.sleep(self.delay)
-        return self.inner.segment(queries, names=names)
+        return super()._predict(batch)
 
 
 def test_excess_requests_wait_or_get_503_and_accepted_ones_are_right(model):
     config = WebConfig(max_active_requests=1, max_waiting_requests=1, queue_timeout_s=30)
-    service = SegmentService(SlowSegmenter(Segmenter(model), 1.0), "slow", config=config)
+    service = SegmentService(SlowSegmenter(model, 1.0), "slow", config=config)
     pairs = [(texture(64, 64, 300 + i), texture(64, 64, 400 + i)) for i in range(5)]
     want = [expected_scores(model, p, [q])[0] for p, q in pairs]
     barrier = threading.Barrier(5)
@@ -148,7 +145,7 @@ def test_excess_requests_wait_or_get_503_and_accepted_ones_are_right(model):
 
 def test_queue_timeout_gives_503(model):
     config = WebConfig(max_active_requests=1, max_waiting_requests=4, queue_timeout_s=0.5)
-    service = SegmentService(SlowSegmenter(Segmenter(model), 2.0), "slow", config=config)
+    service = SegmentService(SlowSegmenter(model, 2.0), "slow", config=config)
     with LiveServer(create_app(service)) as url:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(request, url, "/api/segment", "POST", None, pair_files(1), 60)
@@ -205,7 +202,7 @@ def test_pixel_budget_bounds_pixels_in_flight():
 def test_service_pixel_budget_holds_under_concurrent_requests(model):
     side = 64
     config = WebConfig(max_active_requests=4, max_pixels_in_flight=3 * side * side)
-    service = SegmentService(SlowSegmenter(Segmenter(model), 0.2), "tiny", config=config)
+    service = SegmentService(SlowSegmenter(model, 0.2), "tiny", config=config)
     with LiveServer(create_app(service)) as url:
         with ThreadPoolExecutor(4) as pool:
             replies = list(pool.map(lambda i: request(url, "/api/segment", "POST", files=pair_files(10 + i)),

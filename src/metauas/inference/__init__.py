@@ -1,7 +1,10 @@
-"""Inference: image loading and the prompt-caching Segmenter."""
+"""Inference faces and compatibility names: `metauas segment/calibrate/export/info` live in
+`commands`; the machinery moved to `metauas.runtime` and `metauas.io` (re-exported here)."""
 
-from metauas.inference.images import IMAGE_SUFFIXES, ImageLike, list_images, load_image, to_model_tensor
-from metauas.inference.segmenter import SegmentationResult, Segmenter
+from metauas.constants import IMAGE_SUFFIXES
+from metauas.io.images import ImageLike, list_images, load_image, read_image, to_model_tensor
+from metauas.runtime.predictor import SegmentationResult
+from metauas.runtime.torch_backend import Segmenter
 
-__all__ = ["Segmenter", "SegmentationResult", "load_image", "list_images", "to_model_tensor",
+__all__ = ["Segmenter", "SegmentationResult", "load_image", "read_image", "list_images", "to_model_tensor",
            "ImageLike", "IMAGE_SUFFIXES"]

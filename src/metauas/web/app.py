@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import io
 import json
 import threading
 import time
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from metauas.errors import ImageTooLargeError, InputError, UnsupportedImageError
+from metauas.io.images import ALLOWED_DESCRIPTION, LoadedImage, decode_loaded, probe_image, prompt_depth
+from metauas.paths import examples_dir
+from metauas.runtime.engine import Engine
+from metauas.runtime.predictor import SegmentationResult
+from metauas.runtime.results import ResultWriter, ZipSink, result_row, unique_name
+from metauas.runtime.thresholds import Thresholds, fingerprint
+from metauas.runtime.visualize import encode_png, heat_overlay
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 EXAMPLE_PAIRS = ({"name": "brick", "prompt": "prompt.png", "query": "query.png"},)
@@ -322,37 +327,29 @@ async def _send_json(send: Any, status: int, payload: dict, headers: list | None
 
 def find_examples_dir() -> Path | None:
     """Example images: installed package data (metauas/examples) or the repository's examples/."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[1] / "examples", here.parents[3] / "examples"):
-        if all((candidate / pair[key]).is_file() for pair in EXAMPLE_PAIRS for key in ("prompt", "query")):
-            return candidate
-    return None
+    return examples_dir()
 
 
-def decode_upload(data: bytes, name: str, config: WebConfig) -> np.ndarray:
-    """Uploaded bytes -> (H, W, 3) uint8 RGB through the shared untrusted-image boundary.
+def decode_upload(data: bytes, name: str, config: WebConfig, depth: int | None = None) -> LoadedImage:
+    """Uploaded bytes -> `LoadedImage` ((H, W, 3) uint8 RGB + scaling) through the one reader
+    (`metauas.io.images`), with the web limits; `depth`: the prompt's bit depth (see there).
 
     Raises:
         ApiError: 400 (empty, corrupt, truncated, too small), 413 (file or pixel count over the
             limits) or 415 (not PNG, JPEG, BMP, TIFF or WebP).
     """
-    from metauas.inference.images import ALLOWED_DESCRIPTION, MIN_SIDE, decode_image
-
     if not data:
         raise ApiError(400, f"{name}: empty file")
     if len(data) > config.max_file_bytes:
         raise ApiError(413, f"{name}: file too large ({len(data) / 2**20:.1f} MiB; limit {config.max_file_mb:g} MiB)")
     try:
-        rgb = decode_image(data, name, max_pixels=config.max_pixels)
+        return decode_loaded(data, name, max_pixels=config.max_pixels, depth=depth)
     except UnsupportedImageError:
         raise ApiError(415, f"{name}: not a supported image ({ALLOWED_DESCRIPTION})") from None
     except ImageTooLargeError as exc:
         raise ApiError(413, str(exc)) from None
     except InputError as exc:
         raise ApiError(400, str(exc)) from None
-    if min(rgb.shape[:2]) < MIN_SIDE:
-        raise ApiError(400, f"{name}: image too small")
-    return rgb
 
 
 def _data_url(png: bytes) -> str:
@@ -360,21 +357,31 @@ def _data_url(png: bytes) -> str:
 
 
 def _safe_stem(filename: str, used: set[str]) -> str:
-    stem = Path(filename or "image").stem
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
-    name, i = stem, 2
-    while name.lower() in used:
-        name, i = f"{stem}_{i}", i + 1
-    used.add(name.lower())
-    return name
+    return unique_name(Path(filename or "image").stem, used, limit=80)
+
+
+def _page_images(rgb: np.ndarray, amap: np.ndarray) -> dict[str, str]:
+    """Overlay and 8-bit map (value = round(p * 255), for the page's slider) as data URLs,
+    at most WEB_MAX_SIDE px per side."""
+    h, w = amap.shape
+    scale = min(1.0, WEB_MAX_SIDE / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        amap = cv2.resize(amap, size, interpolation=cv2.INTER_AREA)
+    overlay = heat_overlay(rgb, amap)
+    return {"overlay": _data_url(encode_png(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))),
+            "map": _data_url(encode_png(np.round(np.clip(amap, 0, 1) * 255).astype(np.uint8)))}
 
 
 class SegmentService:
-    """What the endpoints call: one segmenter, a lock, threshold lookup, result rendering."""
+    """What the endpoints call: one engine's predictor, a lock, threshold lookup, and the
+    runtime's results writer (the same decision rule, rows and files as `metauas segment`)."""
 
     def __init__(self, segmenter: Any, model_name: str, digest: str = "", backend: str = "torch",
                  model_ref: str | None = None, config: WebConfig | None = None) -> None:
         self.segmenter = segmenter
+        self.engine = Engine(segmenter, model_name, model_ref, digest, backend)
         self.model_name = model_name
         self.digest = digest
         self.backend = backend
@@ -401,34 +408,18 @@ class SegmentService:
                            "upload_timeout_s": c.upload_timeout_s},
                 "examples": examples}
 
-    def _threshold(self, requested: float | None, prompt_key: str) -> tuple[float | None, str]:
-        if requested is not None:
-            return requested, "request"
-        if self.config.threshold is not None:
-            return self.config.threshold, "server"
-        from metauas.inference.calibration import load_thresholds, store_path
+    def _threshold(self, requested: float | None, prompt_key: str) -> tuple[Thresholds | None, str]:
+        """Image and pixel thresholds as `metauas segment` finds them: a request or server
+        threshold (image = pixel), else the stored calibration for this prompt."""
+        manual = requested if requested is not None else self.config.threshold
+        if manual is not None:
+            found, _ = self.engine.thresholds(prompt_key, threshold=manual)
+            return found, "request" if requested is not None else "server"
+        stored = self.engine.stored_thresholds(prompt_key)
+        return (stored, "calibration") if stored is not None else (None, "")
 
-        try:
-            stored = load_thresholds(store_path(self.model_ref, self.model_name), self.digest,
-                                     int(self.segmenter.size), prompt_key)
-        except InputError:
-            stored = None
-        return (stored.image, "calibration") if stored is not None else (None, "")
-
-    def run(self, prompts: list[tuple[str, bytes]], queries: list[tuple[str, bytes]],
-            threshold: float | None, as_zip: bool, pool: bool = False) -> tuple[dict[str, Any], bytes | None]:
-        """Check every file's header, then decode, segment (under the lock) and render one query
-        at a time, inside a reservation of the server's pixel budget.
-
-        ``pool``: the prompts are a pool; each query is compared with its most similar one.
-
-        Raises:
-            ApiError: 4xx for bad input, 503 when the pixel budget stays busy.
-        """
-        from metauas.inference.calibration import fingerprint
-        from metauas.inference.images import ALLOWED_DESCRIPTION, probe_image
-
-        started = time.perf_counter()
+    def _check_sizes(self, prompts: list[tuple[str, bytes]], queries: list[tuple[str, bytes]]) -> int:
+        """Header checks of every file (before any pixel is decoded); returns the pixels to reserve."""
         c = self.config
 
         def pixels(data: bytes, what: str) -> int:
@@ -448,7 +439,33 @@ class SegmentService:
             return w * h
 
         prompt_pixels = sum(pixels(data, f"prompt '{name}'") for name, data in prompts)
-        query_pixels = max(pixels(data, f"query '{name}'") for name, data in queries)
+        return prompt_pixels + max(pixels(data, f"query '{name}'") for name, data in queries)
+
+    def _segment(self, prompt_images: list[LoadedImage], key: str, pool: bool, image: LoadedImage,
+                 name: str) -> SegmentationResult:
+        with self.lock:
+            if self._prompt_key != (key, pool):
+                self._prompt_key = None
+                if pool:
+                    self.segmenter.set_prompt_pool(prompt_images, k=1)
+                else:
+                    self.segmenter.set_prompt(prompt_images)
+                self._prompt_key = (key, pool)
+            return next(self.segmenter.iter_segment([image], names=[name])).result
+
+    def run(self, prompts: list[tuple[str, bytes]], queries: list[tuple[str, bytes]],
+            threshold: float | None, as_zip: bool, pool: bool = False) -> tuple[dict[str, Any], bytes | None]:
+        """Check every file's header, then decode, segment (under the lock) and render one query
+        at a time, inside a reservation of the server's pixel budget.
+
+        ``pool``: the prompts are a pool; each query is compared with its most similar one.
+
+        Raises:
+            ApiError: 4xx for bad input, 503 when the pixel budget stays busy.
+        """
+        started = time.perf_counter()
+        c = self.config
+        reserve = self._check_sizes(prompts, queries)
         key = fingerprint([data for _, data in prompts])
         used: set[str] = set()
         names = [_safe_stem(name, used) for name, _ in queries]
@@ -458,81 +475,33 @@ class SegmentService:
         payload: dict[str, Any] = {"model": self.model_name, "backend": self.backend,
                                    "size": int(self.segmenter.size), "num_prompts": len(prompts),
                                    "prompt_mode": "pool" if pool else ("k-shot" if len(prompts) > 1 else "one-shot"),
-                                   "threshold": t, "threshold_source": source, "results": []}
-        archive = io.BytesIO() if as_zip else None
-        zf = zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) if archive is not None else None
-        with self.budget.reserve(prompt_pixels + query_pixels, timeout=c.queue_timeout_s):
-            prompt_rgbs = [decode_upload(data, f"prompt '{name}'", c) for name, data in prompts]
+                                   "threshold": None if t is None else t.image,
+                                   "pixel_threshold": None if t is None else t.pixel,
+                                   "threshold_source": source, "results": []}
+        prompt_names = [name for name, _ in prompts]
+        sink = ZipSink() if as_zip else None
+        writer = ResultWriter(sink, t, prompt_names, overlay=True, queue_size=0) if sink is not None else None
+        with self.budget.reserve(reserve, timeout=c.queue_timeout_s):
+            prompt_images = [decode_upload(data, f"prompt '{name}'", c) for name, data in prompts]
+            depth = prompt_depth(prompt_images)
             for (filename, data), name in zip(queries, names):
-                rgb = decode_upload(data, f"query '{filename}'", c)
-                with self.lock:
-                    if self._prompt_key != (key, pool):
-                        self._prompt_key = None
-                        if pool:
-                            self.segmenter.set_prompt_pool(prompt_rgbs, k=1)
-                        else:
-                            self.segmenter.set_prompt(prompt_rgbs)
-                        self._prompt_key = (key, pool)
-                    result = self.segmenter.segment([rgb], names=[name])[0]
-                entry = self._render(filename, name, rgb, result, t, zf)
-                entry["prompts"] = [prompts[i][0] for i in getattr(result, "prompts", [])]
-                payload["results"].append(entry)
-                del rgb, result  # one decoded query and its map at a time
+                image = decode_upload(data, f"query '{filename}'", c, depth)
+                result = self._segment(prompt_images, key, pool, image, name)
+                if writer is not None:
+                    row = writer.add(filename, name, image.rgb, result, label=filename)
+                else:
+                    row = result_row(filename, name, result, image.rgb.shape[:2], t, prompt_names)
+                    row.update(_page_images(image.rgb, result.anomaly_map), mask=None)
+                row["filename"] = row["query"]
+                payload["results"].append(row)
+                del image, result  # one decoded query and its map at a time
             self.calls += 1
         payload["seconds"] = round(time.perf_counter() - started, 3)
-        if zf is not None:
-            _zip_tables(zf, payload)
-            zf.close()
-            return payload, archive.getvalue()  # type: ignore[union-attr]
-        return payload, None
-
-    def _render(self, filename: str, name: str, rgb: np.ndarray, result: Any, t: float | None,
-                zf: zipfile.ZipFile | None) -> dict[str, Any]:
-        from metauas.inference.visualize import (binary_mask, encode_png, heat_overlay, map_to_uint16,
-                                                 render_overlay)
-
-        amap = result.anomaly_map
-        entry: dict[str, Any] = {"name": name, "filename": filename, "width": int(rgb.shape[1]),
-                                 "height": int(rgb.shape[0]), "score": float(result.score),
-                                 "decision": None if t is None else ("anomalous" if result.score > t else "normal")}
-        if zf is not None:
-            zf.writestr(f"{name}_map.png", encode_png(map_to_uint16(amap)))
-            canvas = render_overlay(rgb, amap, title=f"{filename}  score {result.score:.3f}", threshold=t)
-            zf.writestr(f"{name}_overlay.png", encode_png(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)))
-            if t is not None:
-                mask = binary_mask(amap, t)
-                zf.writestr(f"{name}_mask.png", encode_png(mask))
-                entry["anomalous_fraction"] = float(np.count_nonzero(mask)) / mask.size
-            return entry
-        h, w = amap.shape
-        scale = min(1.0, WEB_MAX_SIDE / max(h, w))
-        small_rgb, small_map = rgb, amap
-        if scale < 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small_rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            small_map = cv2.resize(amap, size, interpolation=cv2.INTER_AREA)
-        overlay = heat_overlay(small_rgb, small_map)
-        entry["overlay"] = _data_url(encode_png(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)))
-        # 8-bit map for the page's threshold slider (value = round(p * 255))
-        entry["map"] = _data_url(encode_png(np.round(np.clip(small_map, 0, 1) * 255).astype(np.uint8)))
-        if t is not None:
-            entry["anomalous_fraction"] = float(np.count_nonzero(amap > t)) / amap.size
-        return entry
-
-
-def _zip_tables(zf: zipfile.ZipFile, payload: dict[str, Any]) -> None:
-    rows = payload["results"]
-    for r in rows:
-        r["map"], r["overlay"] = f"{r['name']}_map.png", f"{r['name']}_overlay.png"
-        r["mask"] = f"{r['name']}_mask.png" if payload["threshold"] is not None else None
-    zf.writestr("results.json", json.dumps(payload, indent=2))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["query", "name", "width", "height", "score", "decision", "map", "overlay", "mask", "prompts"])
-    for r in rows:
-        writer.writerow([r["filename"], r["name"], r["width"], r["height"], f"{r['score']:.6f}", r["decision"] or "",
-                         r["map"], r["overlay"], r["mask"] or "", ";".join(r.get("prompts", []))])
-    zf.writestr("results.csv", buffer.getvalue())
+        if writer is None:
+            return payload, None
+        writer.close()
+        writer.write_tables({k: v for k, v in payload.items() if k != "results"}, thresholds_file=False)
+        return payload, sink.value()  # type: ignore[union-attr]
 
 
 def create_app(service: SegmentService) -> Any:

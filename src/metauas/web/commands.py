@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from metauas.errors import InputError, MetaUASError
+from metauas.inference import commands as inference_commands
+from metauas.inference.commands import _add_model_options, _probability
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from metauas.inference.commands import _add_model_options, _probability
-
     serve = subparsers.add_parser(
         "serve", help="local web page + JSON API for segmenting uploaded images",
         description="Starts a local web app (FastAPI + uvicorn): open http://HOST:PORT/ in a browser; "
@@ -39,10 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_service(args: argparse.Namespace, shots: int = 1):
     """Segmenter + limits from the command line (shared with the tests)."""
-    from metauas.inference.commands import build_engine
-    from metauas.web.app import SegmentService, WebConfig
-
-    from metauas.web.app import LOCAL_HOSTS
+    from metauas.web.app import LOCAL_HOSTS, SegmentService, WebConfig
 
     active, waiting = getattr(args, "max_active_requests", 2), getattr(args, "max_waiting_requests", 8)
     if args.max_file_mb <= 0 or args.max_request_mb <= 0 or args.max_queries < 1 or active < 1 or waiting < 0:
@@ -58,7 +55,7 @@ def build_service(args: argparse.Namespace, shots: int = 1):
                        allowed_origins=list(getattr(args, "allow_origin", None) or []))
     if args.backend == "onnxruntime":
         config.max_prompts = shots  # an ONNX export is built for a fixed number of prompts
-    engine = build_engine(args, shots=shots)
+    engine = inference_commands.build_engine(args, shots=shots)
     return SegmentService(engine.segmenter, engine.model_name, engine.digest, engine.backend,
                           engine.model_ref, config)
 

@@ -1,0 +1,121 @@
+"""Running an ONNX export (see export.py) with onnxruntime, behind the `Predictor` contract.
+
+`OnnxRunner` works on model-sized float32 arrays; `OnnxSegmenter` is a `Predictor` whose two
+hooks call it, so reading, resizing, batching and scoring are the very loop the PyTorch
+`Segmenter` runs (`metauas.runtime.predictor`), and the CLI and the web app can swap backends.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metauas.errors import InputError, MetaUASError
+from metauas.runtime.onnx_format import DECODER_FILE, ENCODER_FILE, PROMPT_FILE, OnnxMetadata
+from metauas.runtime.predictor import Predictor
+from metauas.scoring import DEFAULT_TOP_FRACTION
+
+
+def _session(path: Path, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MetaUASError("the onnxruntime backend needs the package 'onnxruntime' "
+                           "(pip install 'metauas[onnx]')") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for broken files
+        raise InputError(f"{path}: cannot be loaded by onnxruntime ({str(exc).splitlines()[0][:200]})") from None
+
+
+class OnnxRunner:
+    """The three graphs of an export; prompt tensors are computed once and kept."""
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None,
+                 meta: OnnxMetadata | None = None) -> None:
+        self.folder = Path(folder)
+        self.meta = meta or OnnxMetadata.read(self.folder)
+        self.encoder = _session(self.folder / ENCODER_FILE, threads)
+        self.prompt = _session(self.folder / PROMPT_FILE, threads)
+        self.decoder = _session(self.folder / DECODER_FILE, threads)
+        self._prompt_inputs: list[dict[str, np.ndarray]] = []
+
+    @property
+    def size(self) -> int:
+        return int(self.meta.size)
+
+    def encode(self, images: np.ndarray) -> list[np.ndarray]:
+        """(B,3,S,S) float32 in [0,1] -> [f1..f5]."""
+        return self.encoder.run(None, {"image": np.ascontiguousarray(images, dtype=np.float32)})
+
+    def set_prompt_tensor(self, prompts: np.ndarray) -> None:
+        """(K,3,S,S) prompt images -> cached decoder prompt inputs.
+
+        A one-shot export (the default) takes any K: each prompt is prepared on its own and
+        `predict` keeps the pixel-wise minimum over prompts, as `Segmenter(kshot="min")` does.
+        An export made for K > 1 shots (model's averaged k-shot path) needs exactly K prompts.
+
+        Raises:
+            InputError: when a K-shot export gets another number of prompts.
+        """
+        if self.meta.shots > 1 and prompts.shape[0] != self.meta.shots:
+            raise InputError(f"this ONNX export expects {self.meta.shots} prompt image(s), got "
+                             f"{prompts.shape[0]}; export again with --shots {prompts.shape[0]}")
+        groups = [prompts] if self.meta.shots > 1 else [prompts[i:i + 1] for i in range(prompts.shape[0])]
+        names = [o.name for o in self.prompt.get_outputs()]
+        self._prompt_inputs = []
+        for group in groups:
+            features = self.encode(group)
+            feeds = {f"f{level}": features[level - 1] for level in self.meta.aligned_levels}
+            self._prompt_inputs.append(dict(zip(names, self.prompt.run(None, feeds))))
+
+    def predict(self, queries: np.ndarray) -> np.ndarray:
+        """(B,3,S,S) float32 in [0,1] -> probabilities (B,1,S,S) against the cached prompt(s)."""
+        if not self._prompt_inputs:
+            raise InputError("no prompt set: call set_prompt() with a normal image first")
+        features = self.encode(queries)
+        feeds = {f"q{i}": f for i, f in enumerate(features, start=1)}
+        out = None
+        for prompt_inputs in self._prompt_inputs:
+            prob = self.decoder.run(["prob"], {**feeds, **prompt_inputs})[0]
+            out = prob if out is None else np.minimum(out, prob)
+        return out
+
+
+class OnnxSegmenter(Predictor):
+    """A `Predictor` (set_prompt / segment / size, like `Segmenter`) running an ONNX export.
+
+    Args:
+        folder: an export folder written by `metauas export` (metauas_onnx.json inside).
+        batch_size: queries per model call.
+        threads: onnxruntime intra-op threads (default: torch's thread count).
+        top_fraction: share of pixels averaged into the image score.
+    Raises:
+        InputError: not an export folder, or files onnxruntime cannot load.
+        MetaUASError: onnxruntime is not installed.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, folder: str | os.PathLike, batch_size: int = 8, threads: int | None = None,
+                 top_fraction: float = DEFAULT_TOP_FRACTION) -> None:
+        self.runner = OnnxRunner(folder, threads=threads)
+        super().__init__(self.runner.size, batch_size, top_fraction)
+
+    @property
+    def meta(self) -> OnnxMetadata:
+        return self.runner.meta
+
+    def _encode_prompts(self, batch: torch.Tensor) -> None:
+        self.runner.set_prompt_tensor(batch.numpy())
+
+    def _predict(self, batch: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
+        maps = torch.from_numpy(self.runner.predict(batch.numpy()))
+        return maps, [list(range(self.num_prompts))] * int(batch.shape[0])
