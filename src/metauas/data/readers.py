@@ -229,6 +229,43 @@ def _read_json_lines(path: Path) -> list[dict]:
     return out
 
 
+def _read_fixed_prompts(meta: Path, root: Path) -> dict[int, dict[str, Path]]:
+    """The official one-prompt files ``oneprompt_seed<N>.json``: {seed: {category: prompt path}}."""
+    fixed: dict[int, dict[str, Path]] = {}
+    for p in sorted(meta.glob("oneprompt_seed*.json")):
+        seed_match = re.fullmatch(r"oneprompt_seed(\d+)\.json", p.name)
+        if not seed_match:
+            continue
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{p}: expected an object {{clsname: {{filename: ...}}}}")
+        per_cat: dict[str, Path] = {}
+        for cls, entry in obj.items():
+            fn = entry.get("filename") if isinstance(entry, dict) else entry if isinstance(entry, str) else None
+            if not fn:
+                raise InputError(f"{p}: entry {cls!r} has no filename")
+            per_cat[cls] = root / fn
+        fixed[int(seed_match.group(1))] = per_cat
+
+    return fixed
+
+
+def _read_ranked_prompts(meta: Path, root: Path) -> dict[str, list[Path]]:
+    """The official ranking file ``test-train-top10pair-eb4.json``: {test file: [train files]}."""
+    ranked: dict[str, list[Path]] = {}
+    top = meta / "test-train-top10pair-eb4.json"
+    if top.is_file():
+        for lineno, m in enumerate(_read_json_lines(top), start=1):
+            for key, files in m.items():
+                if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+                    raise InputError(f"{top}:{lineno}: expected {{test_file: [train files]}}")
+                ranked[key] = [root / f for f in files]
+    return ranked
+
+
 def read_metauas_json(root: str | Path, categories: list[str] | None = None,
                       meta_dir: str | Path | None = None) -> BenchmarkData:
     """Official MetaUAS meta files (``test.json`` etc. in ``meta_dir``, images under ``root``)."""
@@ -276,33 +313,8 @@ def read_metauas_json(root: str | Path, categories: list[str] | None = None,
         if not c.train:
             c.train = _images(root / c.name / "train" / "good")
 
-    fixed: dict[int, dict[str, Path]] = {}
-    for p in sorted(meta.glob("oneprompt_seed*.json")):
-        seed_match = re.fullmatch(r"oneprompt_seed(\d+)\.json", p.name)
-        if not seed_match:
-            continue
-        try:
-            obj = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{p}: expected an object {{clsname: {{filename: ...}}}}")
-        per_cat: dict[str, Path] = {}
-        for cls, entry in obj.items():
-            fn = entry.get("filename") if isinstance(entry, dict) else entry if isinstance(entry, str) else None
-            if not fn:
-                raise InputError(f"{p}: entry {cls!r} has no filename")
-            per_cat[cls] = root / fn
-        fixed[int(seed_match.group(1))] = per_cat
-
-    ranked: dict[str, list[Path]] = {}
-    top = meta / "test-train-top10pair-eb4.json"
-    if top.is_file():
-        for lineno, m in enumerate(_read_json_lines(top), start=1):
-            for key, files in m.items():
-                if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-                    raise InputError(f"{top}:{lineno}: expected {{test_file: [train files]}}")
-                ranked[key] = [root / f for f in files]
+    fixed = _read_fixed_prompts(meta, root)
+    ranked = _read_ranked_prompts(meta, root)
     for c in cats.values():
         if not c.train and not any(c.name in v for v in fixed.values()):
             raise InputError(f"category {c.name}: no prompt images (no train.json entries, no "

@@ -13,8 +13,8 @@ Rules (one for every input type):
   8 for uint8; for wider data the PNG ``sBIT`` chunk where a file has one; otherwise a depth
   decided once from the prompt images (`prompt_depth`: the smallest of 10/12/14/16 bits that
   holds their largest value) and applied to every query, so a query's scaling never changes
-  with its own maximum. A query brighter than the prompt's depth is read at the depth it needs
-  (and says so). Without a prompt (a single `load_image` call) the image's own maximum decides.
+  with its own maximum (values above the prompt's range saturate, and the scaling says so).
+  Without a prompt (a single `load_image` call) the image's own maximum decides.
   16-bit colour PNG/TIFF files are decoded with OpenCV (Pillow keeps only their high byte).
   `LoadedImage.scaling` says which scaling was used.
 * Floats must lie in [0, 1]; EXIF rotation is applied; files and bytes pass the allow-listed
@@ -101,8 +101,8 @@ def _choose_bits(raw: _Raw, depth: int | None) -> tuple[int, str, bool]:
     needed = _needed_bits(int(array.max(initial=0)))
     if depth is None:
         return needed, f"{needed}-bit (from this image's largest value)", True
-    if needed > depth:
-        return needed, f"{needed}-bit (brighter than the prompt's {depth}-bit range)", False
+    if needed > depth:  # never re-scale with the query's own maximum: saturate, and say so
+        return depth, f"{depth}-bit (depth of the prompt; brighter values clipped)", False
     return depth, f"{depth}-bit (depth of the prompt)", False
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -220,9 +220,56 @@ def _dist_info() -> tuple[int, int]:
     return rank, world
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str = "",
-          return_model: bool = False) -> dict:
-    """Run (or continue) a training run; returns a summary dict. Rank 0 writes all files."""
+@dataclass
+class _Run:
+    """Everything one training run holds between steps (built by `_open_run`)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: MetaUAS
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step_module: nn.Module
+    loader: DataLoader
+    val_pairs: list
+    data_info: dict
+    train_log: CsvLog
+    val_log: CsvLog
+    command: str
+    start_step: int = 0
+    best: float = -1.0
+    train_seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir)
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda" and self.cfg.amp != "off"
+
+    def checkpoint(self, step: int) -> None:
+        if self.is_main:
+            snapshot = {**self.cfg.to_dict(), "_train_seconds": self.train_seconds}
+            save_training_state(self.run_dir / "last.pt", model=self.model, optimizer=self.optimizer,
+                                scheduler=self.scheduler, step=step, best=self.best, config=snapshot)
+
+    def card(self, step: int, metrics: dict) -> dict:
+        cfg = self.cfg
+        return {"name": cfg.model_name, "encoder": cfg.encoder, "image_size": cfg.image_size,
+                "model_config": asdict(self.model.config), "steps": step, "batch_size": cfg.batch_size,
+                "world_size": self.world, "validation": metrics, "training_seconds": round(self.train_seconds, 1),
+                "data": self.data_info, "command": self.command or " ".join(sys.argv), "train_config": cfg.to_dict()}
+
+
+def _device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     rank, world = _dist_info()
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
@@ -235,13 +282,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
         # CPUs process many times slower; flushing them to zero changes values below ~1e-38
         # only (measured 15-30 % faster steps at 256 px).
         torch.set_flush_denormal(True)
+    return rank, world, device
+
+
+def _open_run(cfg: TrainConfig, resume: bool, command: str) -> _Run:
+    """Model, optimiser, scheduler (restored from last.pt when resuming), logs and data."""
+    rank, world, device = _device(cfg)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    is_main = rank == 0
-    if is_main:
+    if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-
     model = build_model_from_config(cfg).to(device).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -257,10 +308,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
         train_seconds = float(state["config"].get("_train_seconds", 0.0))
     train_log = CsvLog(run_dir / "train_log.csv", TRAIN_FIELDS)
     val_log = CsvLog(run_dir / "val_log.csv", VAL_FIELDS)
-    if is_main:
+    if rank == 0:
         train_log.truncate_after(start_step)
         val_log.truncate_after(start_step)
+    step_module = _step_module(cfg, model, device, world)
+    loader, val_pairs, data_info = _data(cfg, model, start_step, rank, world)
+    return _Run(cfg, rank, world, device, model, optimizer, scheduler, step_module, loader, val_pairs, data_info,
+                train_log, val_log, command, start_step, best, train_seconds)
 
+
+def _step_module(cfg: TrainConfig, model: MetaUAS, device: torch.device, world: int) -> nn.Module:
     fast = None
     if device.type == "cpu" and cfg.fast_encoder and not cfg.cache_features:
         from metauas.models.fast import optimize_for_inference
@@ -268,113 +325,131 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command
         fast = optimize_for_inference(model)  # only its frozen encoder is used
     step_module: nn.Module = ChangeStep(model, fast)
     if world > 1:
-        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if use_cuda else None)
+        step_module = nn.parallel.DistributedDataParallel(step_module,
+                                                          device_ids=[device.index] if device.type == "cuda" else None)
+    return step_module
 
+
+def _data(cfg: TrainConfig, model: MetaUAS, start_step: int, rank: int, world: int) -> tuple[DataLoader, list, dict]:
     length = (cfg.steps + 1) * cfg.batch_size * world
     train_set, val_set, data_info = build_datasets(cfg, length)
     if cfg.cache_features:
         train_set = CachedPairs(model, train_set, cfg.cache_pool, cfg.seed, num_workers=cfg.num_workers,
                                 start=cfg.cache_start)
-    val_pairs = [val_set[i] for i in range(len(val_set))] if is_main else []
+    val_pairs = [val_set[i] for i in range(len(val_set))] if rank == 0 else []
     sampler = StepSampler(start_step, cfg.steps, cfg.batch_size, rank, world)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=0 if cfg.cache_features else cfg.num_workers,
                         persistent_workers=False)
+    return loader, val_pairs, data_info
 
+
+def _train_step(run: _Run, batch: dict) -> tuple[float, int]:
+    """One optimiser step; returns (loss, pairs seen by all processes)."""
+    query, prompt = batch["query"], batch["prompt"]
+    if isinstance(query, torch.Tensor):
+        query, prompt = query.to(run.device), prompt.to(run.device)
+    else:
+        query, prompt = [f.to(run.device) for f in query], [f.to(run.device) for f in prompt]
+    mask = batch["mask"].to(run.device)
+    cfg = run.cfg
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        logits = run.step_module(query, prompt)
+    loss = change_loss(logits, mask, cfg.loss, cfg.dice_weight, cfg.focal_gamma)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.trainable_parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    return float(loss.detach()), len(mask) * run.world
+
+
+def _validate_and_export_best(run: _Run, step: int) -> None:
+    run.metrics = validate(run.model, run.val_pairs, run.cfg, run.device)
+    run.val_log.append({"step": step, **{k: f"{v:.5f}" for k, v in run.metrics.items()},
+                        "elapsed_s": f"{run.train_seconds:.1f}"})
+    score = run.metrics.get("p_ap", 0.0)
+    if score > run.best:
+        run.best = score
+        export_model(run.model, run.run_dir, "best", run.card(step, run.metrics))
+
+
+def _loop(run: _Run, stop: dict, bar: Any) -> int:
+    """The training steps from `run.start_step`; returns the last step done."""
+    cfg = run.cfg
+    step, window, window_pairs, t_window = run.start_step, [], 0, time.time()
+    t_start = time.time()
+    for batch in run.loader:
+        t0 = time.time()
+        loss, pairs = _train_step(run, batch)
+        step += 1
+        run.train_seconds += time.time() - t0
+        window.append(loss)
+        window_pairs += pairs
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{window[-1]:.4f}", refresh=False)
+        if run.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.time()
+            rate = window_pairs / max(1e-9, now - t_window)
+            run.train_log.append({"step": step, "loss": f"{np.mean(window):.5f}",
+                                  "lr": f"{run.scheduler.get_last_lr()[0]:.3e}", "pairs_per_s": f"{rate:.2f}",
+                                  "elapsed_s": f"{run.train_seconds:.1f}"})
+            if bar is not None:
+                bar.set_postfix(loss=f"{np.mean(window):.4f}", pairs_s=f"{rate:.2f}")
+            window, window_pairs, t_window = [], 0, now
+        if run.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
+            _validate_and_export_best(run, step)
+        out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > cfg.max_minutes * 60
+        if stop["flag"] or out_of_time:
+            run.checkpoint(step)
+            break
+        if run.is_main and step % cfg.ckpt_every == 0:
+            run.checkpoint(step)
+    return step
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str = "",
+          return_model: bool = False) -> dict:
+    """Run (or continue) a training run; returns a summary dict. Rank 0 writes all files.
+
+    Raises:
+        CheckpointError: last.pt or `init_from` does not fit the configured model.
+        InputError: unusable configuration or training images.
+    """
+    run = _open_run(cfg, resume, command)
     stop = {"flag": False}
 
     def request_stop(signum, frame):  # noqa: ARG001
         stop["flag"] = True
 
-    previous = signal.signal(signal.SIGTERM, request_stop) if is_main and hasattr(signal, "SIGTERM") else None
-    amp = device.type == "cuda" and cfg.amp != "off"
-
-    def checkpoint(step: int) -> None:
-        if is_main:
-            snapshot = {**cfg.to_dict(), "_train_seconds": train_seconds}
-            save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                step=step, best=best, config=snapshot)
-
-    def card(step: int, metrics: dict) -> dict:
-        return {"name": cfg.model_name, "encoder": cfg.encoder, "image_size": cfg.image_size,
-                "model_config": asdict(model.config), "steps": step, "batch_size": cfg.batch_size,
-                "world_size": world, "validation": metrics, "training_seconds": round(train_seconds, 1),
-                "data": data_info, "command": command or " ".join(sys.argv), "train_config": cfg.to_dict()}
-
+    previous = signal.signal(signal.SIGTERM, request_stop) if run.is_main and hasattr(signal, "SIGTERM") else None
     bar = None
-    if progress and is_main:
+    if progress and run.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=5)
-    step, window, window_pairs, t_window = start_step, [], 0, time.time()
-    t_start = time.time()
-    metrics: dict[str, float] = {}
+        bar = tqdm(total=cfg.steps, initial=run.start_step, desc="train", dynamic_ncols=True, mininterval=5)
     try:
-        for batch in loader:
-            t0 = time.time()
-            query, prompt = batch["query"], batch["prompt"]
-            if isinstance(query, torch.Tensor):
-                query, prompt = query.to(device), prompt.to(device)
-            else:
-                query, prompt = [f.to(device) for f in query], [f.to(device) for f in prompt]
-            mask = batch["mask"].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = step_module(query, prompt)
-            loss = change_loss(logits, mask, cfg.loss, cfg.dice_weight, cfg.focal_gamma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            train_seconds += time.time() - t0
-            window.append(float(loss.detach()))
-            window_pairs += len(mask) * world
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{window[-1]:.4f}", refresh=False)
-            if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                now = time.time()
-                rate = window_pairs / max(1e-9, now - t_window)
-                train_log.append({"step": step, "loss": f"{np.mean(window):.5f}",
-                                  "lr": f"{scheduler.get_last_lr()[0]:.3e}", "pairs_per_s": f"{rate:.2f}",
-                                  "elapsed_s": f"{train_seconds:.1f}"})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{np.mean(window):.4f}", pairs_s=f"{rate:.2f}")
-                window, window_pairs, t_window = [], 0, now
-            if is_main and (step % cfg.val_every == 0 or step == cfg.steps):
-                metrics = validate(model, val_pairs, cfg, device)
-                val_log.append({"step": step, **{k: f"{v:.5f}" for k, v in metrics.items()},
-                                "elapsed_s": f"{train_seconds:.1f}"})
-                score = metrics.get("p_ap", 0.0)
-                if score > best:
-                    best = score
-                    export_model(model, run_dir, "best", card(step, metrics))
-            out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > cfg.max_minutes * 60
-            if stop["flag"] or out_of_time:
-                checkpoint(step)
-                break
-            if is_main and step % cfg.ckpt_every == 0:
-                checkpoint(step)
+        step = _loop(run, stop, bar)
     finally:
         if bar is not None:
             bar.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if world > 1:  # DDP keeps rank 0's BatchNorm statistics (broadcast_buffers); make it final
-        for buffer in model.buffers():
+    if run.world > 1:  # DDP keeps rank 0's BatchNorm statistics (broadcast_buffers); make it final
+        for buffer in run.model.buffers():
             dist.broadcast(buffer, src=0)
     if step == cfg.steps or stop["flag"]:
-        checkpoint(step)
-    if is_main and step > start_step:  # finished or stopped on the time budget / SIGTERM
-        if not metrics or step % cfg.val_every:  # the card reports the exported weights' metrics
-            metrics = validate(model, val_pairs, cfg, device)
-        export_model(model, run_dir, "last", card(step, metrics))
-    if world > 1:
+        run.checkpoint(step)
+    if run.is_main and step > run.start_step:  # finished or stopped on the time budget / SIGTERM
+        if not run.metrics or step % cfg.val_every:  # the card reports the exported weights' metrics
+            run.metrics = validate(run.model, run.val_pairs, cfg, run.device)
+        export_model(run.model, run.run_dir, "last", run.card(step, run.metrics))
+    if run.world > 1:
         dist.barrier()
-    summary = {"step": step, "finished": step >= cfg.steps, "best_p_ap": best, "metrics": metrics,
-               "run_dir": str(run_dir)}
+    summary = {"step": step, "finished": step >= cfg.steps, "best_p_ap": run.best, "metrics": run.metrics,
+               "run_dir": str(run.run_dir)}
     if return_model:
-        summary["model"] = model
+        summary["model"] = run.model
     return summary

@@ -504,15 +504,8 @@ class SegmentService:
         return payload, sink.value()  # type: ignore[union-attr]
 
 
-def create_app(service: SegmentService) -> Any:
-    """The FastAPI application for one SegmentService."""
-    config = service.config
-    # no /api/docs page: Swagger UI loads its scripts from a CDN (fails offline, and would be the
-    # only external resource); the schema itself is served at /api/openapi.json
-    app = FastAPI(title="metauas", description="Anomaly segmentation from one normal image (MetaUAS).",
-                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
-    app.state.service = service
-
+def _add_error_handlers(app: Any) -> None:
+    """Every error answers {"error": "..."} JSON."""
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -534,6 +527,9 @@ def create_app(service: SegmentService) -> Any:
         where = ".".join(str(x) for x in first.get("loc", ()))
         return JSONResponse({"error": f"invalid request: {where} {first.get('msg', '')}".strip()}, status_code=400)
 
+
+def _add_pages(app: Any, service: SegmentService) -> None:
+    """The page, its static files, /api/info and the example images."""
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
@@ -557,44 +553,67 @@ def create_app(service: SegmentService) -> Any:
             raise ApiError(404, f"no such example: {name}")
         return FileResponse(folder / name, media_type="image/png")
 
+
+async def _read_segment_form(request: Request, config: WebConfig) -> tuple[list, list, float | None, str, str]:
+    """(prompt files, query files, threshold, format, prompt mode) of a segment request.
+
+    Raises:
+        ApiError: 400/408/413/415 for malformed, slow, oversized or non-multipart uploads.
+    """
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(415, "send multipart/form-data with 'prompt' and 'query' image files")
+    try:
+        form = await request.form(max_files=config.max_prompts + config.max_queries, max_fields=8,
+                                  max_part_size=64 * 1024)
+    except MultiPartException as exc:
+        raise ApiError(400, f"malformed upload: {exc.message}") from None
+    except _TooLarge:  # raised by BodySizeLimit while the body streams in
+        raise ApiError(413, f"request too large (limit {config.max_request_mb:g} MiB)") from None
+    except _UploadTimeout:  # raised by RequestGate when the body is too slow
+        raise ApiError(408, f"upload not completed within {config.upload_timeout_s:g} s") from None
+    try:
+        prompts = [f for f in form.getlist("prompt") if isinstance(f, UploadFile)]
+        queries = [f for f in form.getlist("query") if isinstance(f, UploadFile)]
+        if not prompts:
+            raise ApiError(400, "missing 'prompt': upload at least one normal image")
+        if not queries:
+            raise ApiError(400, "missing 'query': upload at least one image to inspect")
+        if len(prompts) > config.max_prompts or len(queries) > config.max_queries:
+            raise ApiError(413, f"too many files (limits: {config.max_prompts} prompts, "
+                                f"{config.max_queries} queries)")
+        threshold = _parse_threshold(form.get("threshold"))
+        fmt = str(form.get("format") or "json")
+        if fmt not in ("json", "zip"):
+            raise ApiError(400, "format must be 'json' or 'zip'")
+        mode = str(form.get("prompt_mode") or "kshot")
+        if mode not in ("kshot", "pool"):
+            raise ApiError(400, "prompt_mode must be 'kshot' or 'pool'")
+        for upload in prompts + queries:
+            if upload.size is not None and upload.size > config.max_file_bytes:
+                raise ApiError(413, f"'{upload.filename}': file too large (limit {config.max_file_mb:g} MiB)")
+        prompt_data = [(f.filename or "prompt", await f.read()) for f in prompts]
+        query_data = [(f.filename or "query", await f.read()) for f in queries]
+    finally:
+        await form.close()
+    return prompt_data, query_data, threshold, fmt, mode
+
+
+def create_app(service: SegmentService) -> Any:
+    """The FastAPI application for one SegmentService, wrapped in the guard, gate and body-size
+    middlewares (see the module docstring)."""
+    config = service.config
+    # no /api/docs page: Swagger UI loads its scripts from a CDN (fails offline, and would be the
+    # only external resource); the schema itself is served at /api/openapi.json
+    app = FastAPI(title="metauas", description="Anomaly segmentation from one normal image (MetaUAS).",
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.service = service
+    _add_error_handlers(app)
+    _add_pages(app, service)
+
     @app.post("/api/segment")
     async def segment(request: Request) -> Response:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
-            raise ApiError(415, "send multipart/form-data with 'prompt' and 'query' image files")
-        try:
-            form = await request.form(max_files=config.max_prompts + config.max_queries, max_fields=8,
-                                      max_part_size=64 * 1024)
-        except MultiPartException as exc:
-            raise ApiError(400, f"malformed upload: {exc.message}") from None
-        except _TooLarge:  # raised by BodySizeLimit while the body streams in
-            raise ApiError(413, f"request too large (limit {config.max_request_mb:g} MiB)") from None
-        except _UploadTimeout:  # raised by RequestGate when the body is too slow
-            raise ApiError(408, f"upload not completed within {config.upload_timeout_s:g} s") from None
-        try:
-            prompts = [f for f in form.getlist("prompt") if isinstance(f, UploadFile)]
-            queries = [f for f in form.getlist("query") if isinstance(f, UploadFile)]
-            if not prompts:
-                raise ApiError(400, "missing 'prompt': upload at least one normal image")
-            if not queries:
-                raise ApiError(400, "missing 'query': upload at least one image to inspect")
-            if len(prompts) > config.max_prompts or len(queries) > config.max_queries:
-                raise ApiError(413, f"too many files (limits: {config.max_prompts} prompts, "
-                                    f"{config.max_queries} queries)")
-            threshold = _parse_threshold(form.get("threshold"))
-            fmt = str(form.get("format") or "json")
-            if fmt not in ("json", "zip"):
-                raise ApiError(400, "format must be 'json' or 'zip'")
-            mode = str(form.get("prompt_mode") or "kshot")
-            if mode not in ("kshot", "pool"):
-                raise ApiError(400, "prompt_mode must be 'kshot' or 'pool'")
-            for upload in prompts + queries:
-                if upload.size is not None and upload.size > config.max_file_bytes:
-                    raise ApiError(413, f"'{upload.filename}': file too large (limit {config.max_file_mb:g} MiB)")
-            prompt_data = [(f.filename or "prompt", await f.read()) for f in prompts]
-            query_data = [(f.filename or "query", await f.read()) for f in queries]
-        finally:
-            await form.close()
+        prompt_data, query_data, threshold, fmt, mode = await _read_segment_form(request, config)
         try:
             payload, archive = await run_in_threadpool(service.run, prompt_data, query_data, threshold, fmt == "zip",
                                                        mode == "pool")
