@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from metauas.evaluation.patchmatch import patchmatch_map
-from metauas.inference import Segmenter
+from metauas.runtime import Segmenter  # the runtime torch backend: the path `metauas segment` runs
 from metauas.metrics import evaluate
 from metauas.models import load_model
 from metauas.scoring import image_scores

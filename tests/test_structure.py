@@ -123,3 +123,19 @@ def test_cli_module_only_parses_and_prints():
             assert not node.module.startswith("metauas.atomic")
     calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     assert not calls & {"write_text", "write_bytes", "imwrite", "save"}
+
+
+def test_train_config_model_fields_are_model_config_fields():
+    """TrainConfig does not redeclare the model: its model fields are ModelConfig's, with
+    ModelConfig's defaults, and `model_config()` builds the ModelConfig from them."""
+    from dataclasses import fields
+
+    from metauas.models import ModelConfig
+    from metauas.training.config import MODEL_FIELDS, TrainConfig
+
+    model_fields = {f.name for f in fields(ModelConfig)}
+    assert set(MODEL_FIELDS) <= model_fields
+    cfg = TrainConfig()
+    assert cfg.model_config() == ModelConfig()
+    changed = TrainConfig(encoder="efficientnet-lite2", num_aligned=2, image_size=320)
+    assert changed.model_config() == ModelConfig(encoder="efficientnet-lite2", num_aligned=2, image_size=320)

@@ -24,6 +24,7 @@ import numpy as np
 from metauas.atomic import atomic_write_text as _atomic_text
 from metauas.data.samples import BenchmarkData
 from metauas.errors import InputError
+from metauas.io.images import load_image
 
 __all__ = ["MakeDatasetConfig", "make_mvtec_dataset", "procedural_texture", "write_metauas_meta"]
 
@@ -65,14 +66,12 @@ def procedural_texture(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _read_rgb(path: Path, size: int) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError(f"cannot read image {path}")
-    h, w = bgr.shape[:2]
+    """Centre square of an image (the one reader of `metauas.io`), resized to size x size RGB."""
+    rgb = load_image(path)
+    h, w = rgb.shape[:2]
     s = min(h, w)
-    crop = bgr[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+    crop = rgb[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -25,6 +25,7 @@ import json
 import re
 from pathlib import Path
 
+from metauas.constants import IMAGE_SUFFIXES as SUFFIXES
 from metauas.data.samples import BenchmarkData, CategoryData, Sample
 from metauas.errors import InputError
 
@@ -38,7 +39,7 @@ __all__ = [
     "read_metauas_json",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = SUFFIXES  # the shared list (metauas.constants)
 DATASET_KINDS = ("mvtec", "visa", "goods", "folder", "metauas-json")
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from metauas.errors import InputError
+from metauas.io.images import read_mask
 
 __all__ = ["Sample", "CategoryData", "BenchmarkData", "load_mask"]
 
@@ -90,12 +90,10 @@ def load_mask(sample: Sample, shape: tuple[int, int] | None = None) -> np.ndarra
     anomalies); it is the (H, W) of the image.
     """
     if sample.mask is not None:
-        m = cv2.imread(str(sample.mask), cv2.IMREAD_UNCHANGED)
-        if m is None:
-            raise InputError(f"cannot read ground-truth mask {sample.mask} (for {sample.path})")
-        if m.ndim == 3:
-            m = m[..., :3].max(axis=2)
-        return m > 0
+        try:  # the one mask reader: any non-zero colour value is anomalous (benchmark convention)
+            return read_mask(sample.mask)
+        except InputError as exc:
+            raise InputError(f"cannot read ground-truth mask {sample.mask} (for {sample.path}): {exc}") from None
     if shape is None:
         raise ValueError("shape is required for samples without a mask file")
     if sample.label == 0:

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 
 from metauas.atomic import atomic_write_text as _atomic_write_text
 from metauas.data import BenchmarkData, CategoryData, Sample, load_mask, open_dataset
+from metauas.constants import STRIDE
 from metauas.errors import InputError
+from metauas.io.images import load_image
 from metauas.evaluation.patchmatch import patchmatch_map
 from metauas.metrics import METRIC_NAMES, PROTOCOLS, evaluate
 from metauas.scoring import image_scores
@@ -72,7 +74,7 @@ class EvalConfig:
             raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
-        if self.size < 32 or self.size % 32:
+        if self.size < STRIDE or self.size % STRIDE:
             raise InputError(f"--size must be a positive multiple of 32, got {self.size}")
         if self.k < 1:
             raise InputError("--k must be >= 1")
@@ -118,8 +120,7 @@ def _json_safe(x: Any) -> Any:
 
 
 def _load_rgb(path: Path) -> np.ndarray:
-    from metauas.inference.images import load_image
-
+    """The one image reader of `metauas.io` (same rules as `metauas segment`)."""
     return load_image(path)
 
 
@@ -152,15 +153,15 @@ class _ModelAdapter:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.fast = hasattr(model, "anomaly_map") and hasattr(model, "prompt_from_features")
+        self.fast = hasattr(model, "predict") and hasattr(model, "prompt_from_features")
 
     def encode(self, images01: torch.Tensor) -> list[torch.Tensor]:
         return self.model.encode(images01)
 
     def predict(self, q: torch.Tensor, qf: list[torch.Tensor] | None, p: torch.Tensor,
                 pf: list[torch.Tensor] | None) -> torch.Tensor:
-        if self.fast and qf is not None and pf is not None:
-            return self.model.anomaly_map(qf, self.model.prompt_from_features(pf))
+        if self.fast and qf is not None and pf is not None:  # MetaUAS.predict: the model's one entry point
+            return self.model.predict(qf, self.model.prompt_from_features(pf)).anomaly_map
         if p.shape[0] == 1 and q.shape[0] > 1:
             p = p.expand(q.shape[0], *p.shape[1:])
         return self.model(query=q, prompt=p)
@@ -267,7 +268,7 @@ class _PromptImages:
 
 def _save_overlays(out_dir: Path, loaded: _LoadedCategory, maps: np.ndarray) -> None:
     try:
-        from metauas.inference.visualize import save_overlay
+        from metauas.runtime.visualize import save_overlay
     except ImportError:  # visualisation not available: skip silently rather than fail the run
         return
     for s, img, amap in zip(loaded.samples, loaded.images, maps):

@@ -214,6 +214,19 @@ def _pil_to_raw(image: Image.Image) -> _Raw:
     return _Raw(np.asarray(image.convert("RGB")).copy(), 8, "pil")
 
 
+def pil_to_rgb(image: Image.Image, what: str = "image") -> np.ndarray:
+    """A decoded PIL image -> (H, W, 3) uint8 RGB with the rules of this module (EXIF rotation,
+    alpha on white, 16-bit grey by its depth) but without the minimum-size check.
+
+    Raises:
+        InputError: unsupported pixel data.
+    """
+    raw = _pil_to_raw(image)
+    pixels, _, _, _ = _scale(raw, what, None)
+    pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    return _composite(pixels)[0]
+
+
 def _is_deep_colour(image: Image.Image) -> bool:
     tile = getattr(image, "tile", None) or []
     args = tile[0][3] if tile else None

@@ -226,6 +226,8 @@ def evaluate(
 
     Returns:
         dict metric name -> float in [0, 1], NaN where undefined (e.g. a single class).
+    Raises:
+        InputError: unknown protocol, unequal counts, bad shapes or NaN/inf values in the maps.
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")

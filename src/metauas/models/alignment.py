@@ -37,6 +37,15 @@ def fused_channels(channels: int, fusion: FusionType) -> int:
 
 
 def fuse(query: torch.Tensor, aligned_prompt: torch.Tensor, fusion: FusionType) -> torch.Tensor:
+    """Fuse query features with the aligned prompt features (Gao 2024, Sec. 3.2, "feature fusion").
+
+    Args:
+        query, aligned_prompt: (B,C,h,w) features of one level.
+        fusion: "cat" (paper: channel concatenation, query first -> (B,2C,h,w)), "add" or
+            "absdiff" (both (B,C,h,w)).
+    Raises:
+        ValueError: unknown fusion.
+    """
     if fusion == "cat":
         return torch.cat([query, aligned_prompt], dim=1)  # query first (official order)
     if fusion == "add":

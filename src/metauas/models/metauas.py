@@ -9,6 +9,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from metauas.constants import STRIDE
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, fuse, fused_channels
 from metauas.models.comparison import COMPARISON_TYPES, Comparison, patchmatch_map
 from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
@@ -38,8 +39,8 @@ class ModelConfig:
             raise ValueError(f"unknown fusion {self.fusion!r}; choose from {FUSION_TYPES}")
         if not 0 <= self.num_aligned <= 5:
             raise ValueError("num_aligned must be between 0 and 5")
-        if self.image_size % 32:
-            raise ValueError("image_size must be a multiple of 32")
+        if self.image_size % STRIDE:
+            raise ValueError(f"image_size must be a multiple of {STRIDE}")
         if not 0.0 <= float(self.patchmatch_weight) <= 1.0:
             raise ValueError(f"patchmatch_weight must be in [0, 1], got {self.patchmatch_weight}")
         if not 0.05 <= float(self.temperature) <= 100.0:
@@ -129,8 +130,8 @@ class MetaUAS(nn.Module):
             return [f.unflatten(0, (b, k)) for f in feats]
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B,3,H,W), got {tuple(images.shape)}")
-        if images.shape[-1] % 32 or images.shape[-2] % 32:
-            raise ValueError(f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}")
+        if images.shape[-1] % STRIDE or images.shape[-2] % STRIDE:
+            raise ValueError(f"image height and width must be multiples of {STRIDE}, got {tuple(images.shape[-2:])}")
         with torch.no_grad():
             return self.encoder(images)
 
@@ -207,7 +208,17 @@ class MetaUAS(nn.Module):
         return (1.0 - w) * probs + w * pm
 
     def forward(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """Anomaly map (B,1,H,W) in [0,1] of queries (B,3,H,W) against prompts; see the class doc."""
+        """Anomaly map of queries against their prompts (MetaUAS, Gao 2024, Sec. 3: encode,
+        align (Eq. 1-2), fuse, decode).
+
+        Args:
+            query: (B,3,H,W) in [0,1]; H, W multiples of 32.
+            prompt: (B,3,H,W) or (1,3,H,W) (one shared prompt), or (B,K,3,H,W) k-shot, in [0,1].
+        Returns:
+            (B,1,H,W) probabilities in [0,1] (`anomaly_map`).
+        Raises:
+            ValueError: wrong shapes or sizes not multiples of 32.
+        """
         return self.anomaly_map(self.encode(query), self.prepare_prompt(prompt))
 
     # ------------------------------------------------------------------ info

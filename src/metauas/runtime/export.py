@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metauas.constants import check_size
 from metauas.errors import InputError, MetaUASError
 from metauas.models import MetaUAS, PromptFeatures
 from metauas.io.images import read_image, to_model_tensor
@@ -50,8 +51,7 @@ class OnnxExportConfig:
     opset: int = DEFAULT_OPSET
 
     def validate(self) -> None:
-        if self.size < 32 or self.size % 32:
-            raise InputError(f"--size must be a positive multiple of 32, got {self.size}")
+        check_size(self.size, "--size")
         if not 1 <= self.shots <= 64:
             raise InputError(f"--shots must be between 1 and 64, got {self.shots}")
 

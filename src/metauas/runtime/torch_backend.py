@@ -1,4 +1,5 @@
-"""Fast, bounded inference: encode the prompt(s) once, segment many queries in batches.
+"""The PyTorch backend of the one predictor loop (`metauas.runtime.predictor.Predictor`):
+encode the prompt(s) once, segment many queries in batches.
 
 The official code re-encodes the prompt for every query; here the prompt's encoder features
 and its alignment keys are computed once (`set_prompt`) and reused, so each query costs one
@@ -165,6 +166,9 @@ class Segmenter(Predictor):
 
         With several prompts per query the pixel-wise minimum over prompts is returned.
         ``return_prompts=True`` also returns the prompt indices used per query.
+
+        Raises:
+            InputError: no prompt set.
         """
         net = self.inference_model
         with torch.inference_mode():

@@ -19,9 +19,11 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from metauas.constants import IMAGE_SUFFIXES as _SUFFIXES
 from metauas.errors import InputError
+from metauas.io.images import pil_to_rgb
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+IMAGE_SUFFIXES = frozenset(_SUFFIXES) | {".gif"}  # training images are trusted files: GIF frames too
 MANIFEST_NAME = "manifest.csv"
 
 
@@ -112,8 +114,7 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
             factor = max(1, min(w, h) // max(1, min_side))
             if factor >= 2:
                 img.draft("RGB", (w // factor, h // factor))
-        img = img.convert("RGB")
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = pil_to_rgb(img, str(path))  # the rules of metauas.io (EXIF, alpha on white, 16-bit)
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot decode image {path}: file is corrupt or truncated ({exc})") from exc
     if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:

@@ -12,6 +12,10 @@ from typing import Any
 import yaml
 
 from metauas.errors import InputError
+from metauas.models.metauas import ModelConfig
+
+_MODEL = ModelConfig()  # defaults of the model fields come from ModelConfig (one source)
+MODEL_FIELDS = ("encoder", "alignment", "fusion", "num_aligned", "decoder_channels", "image_size", "comparison")
 
 
 @dataclass
@@ -23,14 +27,15 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
-    # model
-    encoder: str = "efficientnet-lite0"
-    alignment: str = "sa"
-    fusion: str = "cat"
-    num_aligned: int = 3
-    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 64, 48])
-    image_size: int = 256
-    comparison: str = "none"  # none (paper) | cosine (explicit comparison signals for the decoder)
+    # model: the ModelConfig fields in MODEL_FIELDS, flat so YAML files and --set overrides stay
+    # simple; their defaults are ModelConfig's and `model_config()` builds the ModelConfig
+    encoder: str = _MODEL.encoder
+    alignment: str = _MODEL.alignment
+    fusion: str = _MODEL.fusion
+    num_aligned: int = _MODEL.num_aligned
+    decoder_channels: list[int] = field(default_factory=lambda: list(_MODEL.decoder_channels))
+    image_size: int = _MODEL.image_size
+    comparison: str = _MODEL.comparison  # none (paper) | cosine (explicit comparison signals for the decoder)
     comparison_lr_scale: float = 10.0  # lr multiplier of the (zero-initialised) comparison module
     init_from: str = ""  # safetensors/ckpt to start from (e.g. a lower-resolution stage)
     # optimisation
@@ -63,6 +68,16 @@ class TrainConfig:
     ckpt_every: int = 50
     log_every: int = 10
     model_name: str = "metauas-lite0-256"
+
+    def model_config(self) -> ModelConfig:
+        """The `ModelConfig` of the model this run trains (the MODEL_FIELDS of this config).
+
+        Raises:
+            ValueError: an invalid model field (see `ModelConfig.validate`).
+        """
+        values = {name: getattr(self, name) for name in MODEL_FIELDS}
+        values["decoder_channels"] = tuple(values["decoder_channels"])
+        return ModelConfig(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":

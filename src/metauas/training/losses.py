@@ -27,6 +27,18 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
 
 def change_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce_dice",
                 dice_weight: float = 1.0, focal_gamma: float = 2.0) -> torch.Tensor:
+    """Scalar training loss of change logits against change masks.
+
+    Args:
+        logits: (B,1,H,W) raw network outputs (before the sigmoid).
+        target: (B,1,H,W) masks in {0,1} (or soft values in [0,1]).
+        kind: "bce_dice" (BCE + `dice_weight` * Dice; Milletari et al. 2016), "focal_dice"
+            (focal loss, Lin et al. 2017, with `focal_gamma`, + Dice) or "bce".
+    Returns:
+        0-dim float32 tensor (>= 0).
+    Raises:
+        ValueError: unknown kind.
+    """
     logits, target = logits.float(), target.float()
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits, target)

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from metauas.atomic import atomic_write_text
 from metauas.errors import CheckpointError
 from metauas.models.checkpoint import load_checkpoint, load_state_into, save_safetensors
-from metauas.models.metauas import MetaUAS, ModelConfig
+from metauas.models.metauas import MetaUAS
+from metauas.models.store import model_from_config
 from metauas.training.config import TrainConfig
 from metauas.training.losses import change_loss
 from metauas.training.state import CsvLog, StepSampler, load_training_state, save_training_state
@@ -140,12 +141,13 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def build_model_from_config(cfg: TrainConfig) -> MetaUAS:
-    config = ModelConfig(encoder=cfg.encoder, alignment=cfg.alignment, fusion=cfg.fusion,
-                         num_aligned=cfg.num_aligned, decoder_channels=tuple(cfg.decoder_channels),
-                         image_size=cfg.image_size, comparison=cfg.comparison)
-    from metauas.models.encoders import ENCODERS
+    """The model to train: `TrainConfig.model_config()` through the model store's one constructor
+    (ImageNet encoder when its package ships weights), optionally started from `cfg.init_from`.
 
-    model = MetaUAS(config, pretrained_encoder=ENCODERS[cfg.encoder].weights_package is not None)
+    Raises:
+        CheckpointError: `init_from` does not fit (only a new comparison module may be missing).
+    """
+    model = model_from_config(cfg.model_config())
     if cfg.init_from:
         source = load_checkpoint(cfg.init_from)
         result = model.load_state_dict(source.state_dict(), strict=False)
@@ -194,7 +196,7 @@ def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.
         logits = ChangeStep(model)(batch["query"].to(device), batch["prompt"].to(device)).float().cpu()
         losses.append(float(change_loss(logits, batch["mask"], cfg.loss, cfg.dice_weight, cfg.focal_gamma))
                       * len(logits))
-        probs.append(torch.sigmoid(logits)[:, 0].numpy())
+        probs.append(model.probabilities(logits)[:, 0].numpy())  # the model's own map rule (temperature)
         masks.append(batch["mask"][:, 0].numpy())
     model.train(was_training)
     metrics = pixel_metrics(np.concatenate(masks), np.concatenate(probs))

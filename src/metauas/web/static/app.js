@@ -3,7 +3,9 @@
 // locally from the 8-bit maps in the response (no new request).
 "use strict";
 
-const state = { prompts: [], queries: [], response: null, maps: new Map() };
+// thresholds as the server found them (image decides, pixel outlines: the rule of `metauas segment`);
+// moving the slider sets both, like `metauas segment --threshold T`
+const state = { prompts: [], queries: [], response: null, maps: new Map(), image: null, pixel: null, moved: false };
 const $ = (id) => document.getElementById(id);
 
 function showError(message) {
@@ -43,7 +45,7 @@ async function init() {
   $("query-input").addEventListener("change", (e) =>
     setFiles("queries", [...e.target.files].map((f) => ({ name: f.name, blob: f }))));
   $("segment-button").addEventListener("click", () => segment());
-  $("threshold").addEventListener("input", () => applyThreshold());
+  $("threshold").addEventListener("input", () => { state.moved = true; applyThreshold(); });
   $("download-button").addEventListener("click", () => downloadZip());
   $("json-button").addEventListener("click", () => downloadJson());
   try {
@@ -94,6 +96,9 @@ async function segment() {
     const data = await (await post()).json();
     state.response = data;
     const t = data.threshold ?? 0.5;
+    state.image = t;
+    state.pixel = data.pixel_threshold ?? t;
+    state.moved = data.threshold === null;  // no server threshold: the slider value is used as is
     $("threshold").value = t;
     $("threshold-source").textContent = data.threshold === null
       ? "(no calibrated threshold for this normal image: 0.5 is a guess; run `metauas calibrate`)"
@@ -169,10 +174,15 @@ async function render(data) {
   $("results").replaceChildren(...cards);
 }
 
-function applyThreshold() {
+function currentThresholds() {
   const t = parseFloat($("threshold").value);
+  return state.moved || state.image === null ? { image: t, pixel: t } : { image: state.image, pixel: state.pixel };
+}
+
+function applyThreshold() {
+  const { image: t, pixel } = currentThresholds();
   $("threshold-value").textContent = t.toFixed(3);
-  const level = t * 255;
+  const level = pixel * 255;
   for (const m of state.maps.values()) {
     const anomalous = m.score > t;
     m.badge.textContent = anomalous ? "anomalous" : "normal";
@@ -207,7 +217,8 @@ function saveBlob(blob, name) {
 async function downloadZip() {
   showError("");
   try {
-    const response = await post({ format: "zip", threshold: $("threshold").value });
+    // unmoved slider: let the server apply its own thresholds (stored calibration: image and pixel)
+    const response = await post(state.moved ? { format: "zip", threshold: $("threshold").value } : { format: "zip" });
     saveBlob(await response.blob(), "metauas_results.zip");
   } catch (e) {
     showError(e.message);
@@ -216,10 +227,11 @@ async function downloadZip() {
 
 function downloadJson() {
   if (!state.response) return;
-  const t = parseFloat($("threshold").value);
+  const { image: t, pixel } = currentThresholds();
   const results = state.response.results.map(({ overlay, map, ...rest }) =>
     ({ ...rest, decision: rest.score > t ? "anomalous" : "normal" }));
-  const payload = { ...state.response, threshold: t, threshold_source: "page", results };
+  const payload = { ...state.response, threshold: t, pixel_threshold: pixel,
+                    threshold_source: state.moved ? "page" : state.response.threshold_source, results };
   saveBlob(new Blob([JSON.stringify(payload, null, 2)], { type: "application/json" }), "results.json");
 }
 
