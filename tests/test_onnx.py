@@ -151,3 +151,21 @@ def test_cli_export_and_segment_with_onnxruntime(tmp_path, monkeypatch, capsys):
     k2 = [json.loads((tmp_path / n / "results.json").read_text())["results"][0]["score"] for n in ("k2", "k2t")]
     assert abs(k2[0] - k2[1]) < 1e-4
     assert k2[1] <= scores["torch"] + 1e-6  # the query is one of the two prompts: never worse than one prompt
+
+
+def test_export_parity_is_measured_on_real_images():
+    """verify_export compares on the bundled example photographs (not random noise), and its
+    tolerance sits far above float32 reordering yet far below a wrong graph."""
+    from metauas.io.images import read_image, to_model_tensor
+    from metauas.paths import examples_dir
+    from metauas.runtime.export import parity_images
+    from metauas.runtime.onnx_format import PARITY_TOLERANCE
+
+    folder = examples_dir()
+    if folder is None:
+        pytest.skip("example images not installed")
+    prompts, queries = parity_images(64, shots=2, batch=3)
+    assert prompts.shape == (2, 3, 64, 64) and queries.shape == (3, 3, 64, 64)
+    assert torch.equal(prompts[0:1], to_model_tensor(read_image(folder / "prompt.png").rgb, 64))
+    assert torch.equal(queries[0:1], to_model_tensor(read_image(folder / "query.png").rgb, 64))
+    assert 1e-4 < PARITY_TOLERANCE <= 1e-3

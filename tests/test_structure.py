@@ -139,3 +139,25 @@ def test_train_config_model_fields_are_model_config_fields():
     assert cfg.model_config() == ModelConfig()
     changed = TrainConfig(encoder="efficientnet-lite2", num_aligned=2, image_size=320)
     assert changed.model_config() == ModelConfig(encoder="efficientnet-lite2", num_aligned=2, image_size=320)
+
+
+def test_public_entry_points_document_shapes_and_errors():
+    """The entry points named in issue 12 carry a docstring with a Raises section (and the
+    network/loss ones their paper source)."""
+    import inspect
+
+    from metauas.io.images import load_image, read_image
+    from metauas.metrics import evaluate
+    from metauas.models import MetaUAS, load_checkpoint, load_model
+    from metauas.models.alignment import fuse
+    from metauas.runtime import Segmenter, calibrate, open_engine
+    from metauas.training.losses import change_loss
+
+    entry_points = [Segmenter, Segmenter.set_prompt, Segmenter.segment, Segmenter.set_prompt_pool, load_model,
+                    load_checkpoint, load_image, read_image, MetaUAS.forward, MetaUAS.predict, MetaUAS.encode,
+                    change_loss, fuse, evaluate, calibrate, open_engine]
+    for obj in entry_points:
+        doc = inspect.getdoc(obj) or ""
+        assert "Raises:" in doc, obj.__qualname__
+    for obj, source in ((MetaUAS.forward, "Gao 2024"), (fuse, "Gao 2024"), (change_loss, "Milletari")):
+        assert source in inspect.getdoc(obj), obj.__qualname__

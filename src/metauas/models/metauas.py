@@ -123,7 +123,13 @@ class MetaUAS(nn.Module):
         return self
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features f0..f5 of images in [0,1]; accepts (B,3,H,W) or (B,K,3,H,W)."""
+        """Encoder features f0..f5 of images in [0,1]; accepts (B,3,H,W) or (B,K,3,H,W).
+
+        Returns:
+            six tensors, level l of shape (B,C_l,H/2**l,W/2**l) (an extra K axis for k-shot input).
+        Raises:
+            ValueError: not (B,3,H,W)/(B,K,3,H,W), or H, W not multiples of 32.
+        """
         if images.dim() == 5:
             b, k = images.shape[:2]
             feats = self.encode(images.flatten(0, 1))
