@@ -254,3 +254,14 @@ def test_eval_cli_patchmatch_and_clean_errors(tree, tmp_path, capsys):
     rc = main(["eval", "--dataset", "mvtec", "--root", str(tmp_path / "missing"), "--out", str(out), "--quiet"])
     assert rc == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_best_prompt_records_the_prompt_chosen_for_each_query(tree, tmp_path):
+    out = tmp_path / "best"
+    run_evaluation(_cfg(tree, out, prompt="best", k=1, categories=["cat1"]), model=FakeModel())
+    state = json.loads((out / "categories" / "cat1.json").read_text())
+    chosen = state["seeds"]["0"]["prompts"]
+    test_images = sorted(str(p) for p in (tree / "cat1" / "test").rglob("*.png"))
+    train_images = {str(p) for p in (tree / "cat1" / "train" / "good").glob("*.png")}
+    assert sorted(chosen) == test_images
+    assert all(len(v) == 1 and v[0] in train_images for v in chosen.values())
