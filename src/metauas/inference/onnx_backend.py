@@ -19,6 +19,7 @@ from metauas.inference.export import DECODER_FILE, ENCODER_FILE, PROMPT_FILE, On
 from metauas.inference.images import ImageLike, load_image, to_model_tensor
 from metauas.inference.segmenter import SegmentationResult, to_original_size
 from metauas.scoring import DEFAULT_TOP_FRACTION, image_score
+from metauas.threads import onnx_session_options
 
 
 def _session(path: Path, threads: int | None):
@@ -27,10 +28,7 @@ def _session(path: Path, threads: int | None):
     except ImportError:
         raise MetaUASError("the onnxruntime backend needs the package 'onnxruntime' "
                            "(pip install 'metauas[onnx]')") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = onnx_session_options(threads or None)  # spinning off (metauas.threads)
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for broken files
