@@ -8,7 +8,8 @@ the query is the same surface shifted by (3, -2) px (camera misalignment), 3 % b
 defect of DEFECT px diameter (soft edge). The defect mask is the disc.
 
 Modes (each runs in its own subprocess, so ``ru_maxrss`` is the peak of that mode alone,
-including Python, torch and the weights):
+including Python, torch, the weights and the two uint8 images, which the parent makes and
+passes in an .npz file):
 
 * ``untiled``: ``Segmenter(default model).segment`` as a user gets today: query and prompt are
   resized to 256, the map is resized back.
@@ -39,6 +40,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,17 +59,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def make_pair(size: int = 2048, defect: int = 12, seed: int = 0,
-              shift: tuple[int, int] = (3, -2)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_pair(size: int = 2048, defect: int = 12, seed: int = 0, shift: tuple[int, int] = (3, -2),
+              texture: str = "gravel") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query, prompt, mask): (size, size, 3) uint8 RGB images and the (size, size) bool defect mask.
 
-    ``shift`` (dy, dx) in px moves the query's view against the prompt's (|d| <= 32).
+    ``shift`` (dy, dx) in px moves the query's view against the prompt's (|d| <= 32);
+    ``texture`` names a scikit-image sample (gravel, brick, grass).
     """
     from PIL import Image
     from skimage import data
 
     rng = np.random.default_rng(seed)
-    grey = data.gravel().astype(np.float32)
+    grey = getattr(data, texture)().astype(np.float32)
     rgb = np.stack([grey * 0.85 + 25, grey * 0.75 + 30, grey * 0.6 + 35], -1).clip(0, 255).astype(np.uint8)
     pad = 32
     big = np.asarray(Image.fromarray(rgb).resize((size + 2 * pad, size + 2 * pad), Image.BICUBIC)).astype(np.float32)
@@ -108,11 +111,13 @@ def evaluate_map(anomaly_map: np.ndarray, mask: np.ndarray) -> dict:
             "image_score": round(image_score(anomaly_map), 4)}
 
 
-def worker(mode: str, size: int, defect: int, threads: int, batch: int | None, shift: tuple[int, int]) -> dict:
+def worker(mode: str, pair: Path, threads: int, batch: int | None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    query, prompt, mask = make_pair(size, defect, shift=shift)
+    with np.load(pair) as arrays:  # made by the parent, so this process's peak is the method's
+        query, prompt, mask = arrays["query"], arrays["prompt"], arrays["mask"]
+    size = query.shape[0]
     from metauas.models import load_model
 
     t0 = time.perf_counter()
@@ -185,16 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--shift", type=int, nargs=2, default=[3, -2], metavar=("DY", "DX"),
                    help="query view shift against the prompt in px (default 3 -2)")
+    p.add_argument("--texture", default="gravel", choices=["gravel", "brick", "grass"])
     p.add_argument("--batch", type=int, default=None, help="tiles per model call (default: auto)")
     p.add_argument("--fit-memory", action="store_true")
     p.add_argument("--memory-points", default="256x1,256x8,512x1,512x4,768x1,768x2,1024x1,1024x2")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--pair", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.worker:
-        print(json.dumps(worker(opts.worker, opts.size, opts.defect, opts.threads, opts.batch,
-                                tuple(opts.shift))))
+        print(json.dumps(worker(opts.worker, opts.pair, opts.threads, opts.batch)))
         return 0
     if opts.memory_worker:
         side, batch = (int(v) for v in opts.memory_worker.split("x"))
@@ -210,15 +216,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report["auto_batch_measurement"], indent=2))
     else:
         results = []
-        for mode in opts.modes:
-            args = ["--worker", mode, "--size", str(opts.size), "--defect", str(opts.defect),
-                    "--threads", str(opts.threads), "--shift", *map(str, opts.shift)] + (["--batch", str(opts.batch)] if opts.batch else [])
-            r = run_sub(args)
-            print(json.dumps(r))
-            results.append(r)
+        with tempfile.TemporaryDirectory() as tmp:
+            pair = Path(tmp) / "pair.npz"
+            query, prompt, mask = make_pair(opts.size, opts.defect, shift=tuple(opts.shift), texture=opts.texture)
+            np.savez(pair, query=query, prompt=prompt, mask=mask)
+            del query, prompt, mask
+            for mode in opts.modes:
+                args = ["--worker", mode, "--pair", str(pair), "--threads", str(opts.threads)] + \
+                    (["--batch", str(opts.batch)] if opts.batch else [])
+                r = run_sub(args)
+                print(json.dumps(r))
+                results.append(r)
         key = f"size{opts.size}_defect{opts.defect}" + ("" if opts.shift == [3, -2] else
                                                          f"_shift{opts.shift[0]}_{opts.shift[1]}")
-        report[key] = {"size": opts.size, "defect_px": opts.defect, "shift_px": opts.shift, "results": results}
+        key += "" if opts.texture == "gravel" else f"_{opts.texture}"
+        report[key] = {"size": opts.size, "defect_px": opts.defect, "shift_px": opts.shift, "texture": opts.texture,
+                       "results": results}
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0

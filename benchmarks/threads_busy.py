@@ -24,7 +24,7 @@ Arms (OMP_WAIT_POLICY is removed from the environment of every arm except ``acti
 Ratios are before/default (and active/default) of per-round medians; > 1 means the default is
 faster. Results go to benchmarks/results/threads_busy.json.
 
-    python benchmarks/threads_busy.py                 # ~4-5 minutes on 2 cores
+    python benchmarks/threads_busy.py                 # ~5 minutes on a loaded 2-core machine
     python benchmarks/threads_busy.py --rounds 1 --steady 5 --cli-queries 4
 """
 
@@ -114,9 +114,9 @@ def make_queries(folder: Path, count: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steady", type=int, default=12, help="timed queries per steady worker")
-    p.add_argument("--cli-queries", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steady", type=int, default=6, help="timed queries per steady worker")
+    p.add_argument("--cli-queries", type=int, default=6)
     p.add_argument("--no-load", action="store_true", help="do not start the background load (for comparison)")
     p.add_argument("--out", type=Path, default=RESULTS)
     opts = p.parse_args(argv)

@@ -239,3 +239,20 @@ def test_small_defect_in_large_image_found_by_tiles(default_model):
     assert tiled["defect_holds_max"] and tiled["p_auroc"] >= 0.95
     assert tiled["defect_to_normal_ratio"] > 1.5
     assert not whole["defect_holds_max"] and whole["p_auroc"] < tiled["p_auroc"]
+
+
+def test_default_batch_follows_the_memory_budget():
+    from metauas import tiling
+
+    sizes: list[int] = []
+
+    def predict(q, p):
+        sizes.append(q.shape[0])
+        return torch.zeros(q.shape[0], 1, S, S)
+
+    image = _image(1200, 1200)
+    tiled_anomaly_map(image, image, predict, tile_size=S)
+    assert max(sizes) == tiling.MAX_AUTO_BATCH and sum(sizes) == len(plan_tiles(1200, 1200, S))
+    sizes.clear()
+    tiled_anomaly_map(image, image, predict, tile_size=S, budget_bytes=512 * 1024**2)
+    assert max(sizes) == 1  # a budget barely above the base leaves room for one tile at a time

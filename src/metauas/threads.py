@@ -2,9 +2,10 @@
 
 By default the OpenMP runtime behind torch (libgomp on Linux) lets idle worker threads
 spin-wait for the next parallel region. On a machine where another process uses a core, a
-spinning thread competes with the thread doing the work, and every torch call gets slower
-(issue 13 measured one steady query at 1140 ms vs 68 ms with ``OMP_WAIT_POLICY=PASSIVE`` on
-a shared 2-core machine). The wait policy is read once, when the OpenMP runtime starts (when
+spinning thread competes with the thread doing the work, and every torch call gets slower:
+benchmarks/threads_busy.py measured one steady query at 3198 ms without a policy vs 396 ms
+with ``OMP_WAIT_POLICY=PASSIVE`` (median of 2 interleaved rounds, a shared 2-core machine with
+a busy-loop process; benchmarks/results/threads_busy.json). The wait policy is read once, when the OpenMP runtime starts (when
 torch is imported), so it has to be in the environment before that: `set_default_wait_policy`
 is called at the top of ``metauas/__init__.py``, i.e. before any part of metauas imports torch.
 

@@ -250,7 +250,7 @@ def tiled_anomaly_map(query: np.ndarray | torch.Tensor, prompt: np.ndarray | tor
         margin: prompt context in px added on each side of a tile (``native``/``resize``).
         prompt_mode: "native", "center" or "resize" (see the module docstring).
         batch_size: tiles per ``predict`` call; None: `auto_batch_size` of one tile's pixels
-            (query plus prompt window) under ``budget_bytes``.
+            (query plus prompt window) under ``budget_bytes`` less the images and buffers.
         budget_bytes: memory budget used when ``batch_size`` is None.
     Returns:
         (H, W) float32 map in [0, 1] at the query's resolution.
@@ -271,11 +271,15 @@ def tiled_anomaly_map(query: np.ndarray | torch.Tensor, prompt: np.ndarray | tor
     tiles = plan_tiles(height, width, tile_size, overlap)
     ramp = int(round(overlap * tile_size))
     use_margin = margin if prompt_mode != "center" else 0
+    padded_h, padded_w = max(height, tile_size), max(width, tile_size)
     if batch_size is None:
         window = tile_size + 2 * use_margin if prompt_mode == "native" else tile_size
+        # the budget left after the two float32 buffers and the two images
+        fixed = 8 * padded_h * padded_w + 2 * (query.nbytes if isinstance(query, np.ndarray) else
+                                               query.element_size() * query.numel())
         # a tile costs one query and one prompt encoding: count both inputs' pixels
-        batch_size = auto_batch_size(tile_size, tile_size + window * window // tile_size, budget_bytes)
-    padded_h, padded_w = max(height, tile_size), max(width, tile_size)
+        batch_size = auto_batch_size(tile_size, tile_size + window * window // tile_size,
+                                     max(budget_bytes - fixed, 1))
     total = torch.zeros(padded_h, padded_w, dtype=torch.float32)
     weight_sum = torch.zeros(padded_h, padded_w, dtype=torch.float32)
     for group in _batches(tiles, batch_size):
