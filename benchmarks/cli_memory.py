@@ -3,8 +3,7 @@
 
 Writes N different S x S queries (the bundled example query, resized to S and shifted by a few
 pixels each) and runs the CLI in a child process; the peak RSS is the child's ``ru_maxrss``
-(``resource.getrusage(RUSAGE_CHILDREN)`` after it exits; only that child has run). Also prints
-the batch size `metauas.tiling.auto_batch_size` would choose for S and the 2 GiB budget.
+(``resource.getrusage(RUSAGE_CHILDREN)`` after it exits; only that child has run).
 
     python benchmarks/cli_memory.py                 # --size 1024, 8 queries
     python benchmarks/cli_memory.py --size 512 --queries 8 --extra --batch-size 1
@@ -55,13 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             print(out.stderr[-2000:], file=sys.stderr)
             return 1
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    from metauas.tiling import auto_batch_size
-
     report = {"command": "metauas segment --size {} ({} queries) {}".format(opts.size, opts.queries,
                                                                           " ".join(opts.extra)).strip(),
               "peak_rss_gib": round(peak / 1024**3, 3), "wall_s": round(wall, 1),
-              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-              "auto_batch_size_at_2GiB": auto_batch_size(opts.size, opts.size)}
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     print(json.dumps(report))
     if opts.out:
         opts.out.parent.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,8 @@ def evaluate_map(anomaly_map: np.ndarray, mask: np.ndarray) -> dict:
     far = np.hypot(yy - cy, xx - cx) > radius + 8  # normal pixels at least 8 px from the defect
     normal_max = float(anomaly_map[far].max())
     return {"defect_holds_max": bool(inside >= peak), "map_max": round(peak, 4), "defect_max": round(inside, 4),
-            "normal_max_8px_away": round(normal_max, 4), "defect_to_normal_ratio": round(inside / max(normal_max, 1e-12), 3),
+            "normal_max_8px_away": round(normal_max, 4),
+            "defect_to_normal_ratio": round(inside / max(normal_max, 1e-12), 3),
             "argmax_distance_px": round(float(np.hypot(y - cy, x - cx)), 1),
             "p_auroc": round(binary_metrics(mask, anomaly_map)["AUROC"], 4),
             "image_score": round(image_score(anomaly_map), 4)}
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = json.loads(opts.out.read_text()) if opts.out.is_file() else {}
     report["machine"] = {"cpu_count": os.cpu_count(), "threads": opts.threads, "python": platform.python_version(),
-                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                         "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
     if opts.fit_memory:
         points = [run_sub(["--memory-worker", spec, "--threads", str(opts.threads)])
                   for spec in opts.memory_points.split(",")]

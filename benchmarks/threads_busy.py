@@ -89,7 +89,8 @@ def env_for(arm: str) -> dict[str, str]:
     return env
 
 
-def timed_child(cmd: list[str], env: dict[str, str], timeout: int = 600) -> tuple[subprocess.CompletedProcess, float, float]:
+def timed_child(cmd: list[str], env: dict[str, str],
+                timeout: int = 600) -> tuple[subprocess.CompletedProcess, float, float]:
     """Run a child; return it, its wall seconds and its CPU seconds (user + system)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     opts = p.parse_args(argv)
     prompt, query = EXAMPLES / "prompt.png", EXAMPLES / "query.png"
+    load_average = [round(v, 2) for v in os.getloadavg()]  # other work on the machine, before ours
     load = None if opts.no_load else start_load()
     rows: dict[str, list[dict]] = {"steady": [], "cli": []}
     start = time.time()
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "cli_cpu_ratio_before_over_default": ratio("cli", "before", "cpu_s"),
     }
     report = {"background_load": None if opts.no_load else "one Python busy loop (1 core)",
-              "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
+              "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_at_start": load_average},
               "rounds": opts.rounds, "steady_queries": opts.steady, "cli_queries": opts.cli_queries,
               "elapsed_s": round(time.time() - start, 1), "summary": summary, "rows": rows}
     print(json.dumps(summary, indent=2))

@@ -5,9 +5,10 @@ spin-wait for the next parallel region. On a machine where another process uses 
 spinning thread competes with the thread doing the work, and every torch call gets slower:
 benchmarks/threads_busy.py measured one steady query at 3198 ms without a policy vs 396 ms
 with ``OMP_WAIT_POLICY=PASSIVE`` (median of 2 interleaved rounds, a shared 2-core machine with
-a busy-loop process; benchmarks/results/threads_busy.json). The wait policy is read once, when the OpenMP runtime starts (when
-torch is imported), so it has to be in the environment before that: `set_default_wait_policy`
-is called at the top of ``metauas/__init__.py``, i.e. before any part of metauas imports torch.
+a busy-loop process; benchmarks/results/threads_busy.json). The wait policy is read once, when
+the OpenMP runtime starts (when torch is imported), so it has to be in the environment before
+that: `set_default_wait_policy` is called at the top of ``metauas/__init__.py``, i.e. before
+any part of metauas imports torch.
 
 A value the user already set (``OMP_WAIT_POLICY=ACTIVE`` in the shell, say) is never
 overridden. Note that the variable is set in ``os.environ``, so subprocesses started later

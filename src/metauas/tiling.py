@@ -19,8 +19,11 @@ Steps (all pure functions; the model is reached only through the ``predict`` cal
    model at native scale, (S + 2 margin) px square: the model's alignment, cosine comparison
    and patch matching all attend over any number of prompt positions, so a larger prompt only
    adds candidates. ``"center"`` uses the tile's own region of the prompt (no margin) and
-   ``"resize"`` shrinks the window to S (which changes the prompt's scale against the query's;
-   see benchmarks/highres.py for the comparison of the three).
+   ``"resize"`` shrinks the window to S (which changes the prompt's scale against the query's).
+   Measured with benchmarks/highres.py (docs/highres.md): "resize" doubled the strongest
+   normal response; "native" and "center" were close on a 3-px or 24-px misaligned gravel
+   texture, and "native" was better on a 24-px misaligned brick texture (defect / strongest
+   normal pixel 2.68 vs 2.53), at ~25 % more time on the 2048-px runs.
 4. Tiles go to ``predict`` in batches of ``batch_size``; only the current batch's crops exist.
 5. Blending: each tile's map is weighted by a separable tapered-cosine (Tukey) window whose
    cosine ramps span the overlap on sides that have a neighbour and that stays 1 on sides at
@@ -348,9 +351,11 @@ def model_predictor(model: torch.nn.Module, optimize: bool = True) -> Predict:
 # benchmarks/results/highres.json ("auto_batch_measurement"). Measured (s x B: GiB):
 # 256x1 0.35, 256x8 0.54, 512x1 0.51, 512x4 1.08, 768x1 0.81, 768x2 1.25, 1024x1 1.09,
 # 1024x2 1.83, 1536x1 2.04. Least squares: peak = 326 MB + 46 B/px (prompt) + 760 B/px per
-# query, at most 82 MB above any point. The constants round that up and add 100 MiB of margin
-# to the base.
-BASE_BYTES = 430 * 1024**2
+# query, at most 82 MB above any point. The constants round that up and add 200 MiB of margin
+# to the base: `metauas segment --size 1024 --batch-size 2` (8 queries; decoding, maps and PNG
+# writing on top of the model) peaked at 2.03 GiB (benchmarks/cli_memory.py), 70 MB above this
+# model with a 100 MiB margin, so the margin covers the CLI's own memory too.
+BASE_BYTES = 530 * 1024**2
 PROMPT_BYTES_PER_PIXEL = 50
 BYTES_PER_PIXEL = 770
 MAX_AUTO_BATCH = 8  # the CLI's default batch; larger batches were not faster per query on CPU
@@ -372,8 +377,8 @@ def auto_batch_size(height: int, width: int, budget_bytes: int = DEFAULT_BUDGET_
         max_batch: upper limit (default 8, today's CLI default; memory only ever lowers it).
     Returns:
         The batch size, >= 1; non-increasing in ``height * width``, non-decreasing in the budget.
-        At the 2 GiB default: 8 up to about 520 x 520, 3 at 768 x 768, 2 at 1024 x 1024, 1 from
-        about 1040 x 1040.
+        At the 2 GiB default: 8 below 508 x 508, 4 at 640, 3 at 768, 2 from 822 to 1000,
+        1 from 1002 x 1002 on (so 1 at ``--size 1024``).
     Raises:
         ValueError: for non-positive sizes, budget or max_batch.
     """
