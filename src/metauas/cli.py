@@ -14,6 +14,11 @@ from typing import Sequence
 
 from metauas import __version__
 from metauas.errors import MetaUASError
+from metauas.threads import set_default_wait_policy
+
+# Before a sub-command module imports torch (importing metauas did this already; kept explicit
+# so the CLI stays right if the package import ever changes).
+set_default_wait_policy()
 
 COMMAND_MODULES = (
     "metauas.inference.commands",  # segment, info, export

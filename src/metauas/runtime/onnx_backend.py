@@ -16,6 +16,7 @@ import torch
 from metauas.errors import InputError, MetaUASError
 from metauas.runtime.onnx_format import DECODER_FILE, ENCODER_FILE, PROMPT_FILE, OnnxMetadata
 from metauas.runtime.predictor import Predictor
+from metauas.threads import onnx_session_options
 from metauas.scoring import DEFAULT_TOP_FRACTION
 
 
@@ -25,10 +26,7 @@ def _session(path: Path, threads: int | None):
     except ImportError:
         raise MetaUASError("the onnxruntime backend needs the package 'onnxruntime' "
                            "(pip install 'metauas[onnx]')") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = onnx_session_options(threads or None)  # spinning off (metauas.threads)
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for broken files
