@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metauas.atomic import atomic_write, atomic_write_text
 from metauas.constants import check_size
 from metauas.errors import InputError, MetaUASError
 from metauas.models import MetaUAS, PromptFeatures
@@ -124,23 +124,20 @@ class DecoderGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
             output_names: list[str], dynamic: dict[str, dict[int, str]], opset: int) -> None:
-    from metauas.atomic import remove_stale_temps
-
-    remove_stale_temps(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Trace `module` to `path` through `metauas.atomic.atomic_write`: the exporter writes a
+    unique temporary file beside `path`, which replaces `path` only once it is complete and
+    fsynced, so an interrupted export leaves the old file (or none), never a partial graph."""
     module.eval()  # the exporter restores the wrapper's mode afterwards; a fresh wrapper would
     # otherwise be "training" and put the wrapped model (BatchNorm!) into training mode
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer/deprecation chatter; the parity check is the proof
-        try:
-            torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=input_names,
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer/deprecation chatter; the parity check is the proof
+            torch.onnx.export(module, args, tmp, dynamo=False, input_names=input_names,
                               output_names=output_names, dynamic_axes=dynamic, opset_version=opset,
                               do_constant_folding=True)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 @contextlib.contextmanager
@@ -220,8 +217,6 @@ def export_onnx(model: MetaUAS, out_dir: str | os.PathLike, config: OnnxExportCo
         if meta.max_abs_diff > PARITY_TOLERANCE:
             raise MetaUASError(f"ONNX export in {out} differs from PyTorch by {meta.max_abs_diff:.2e} "
                                f"(tolerance {PARITY_TOLERANCE:g})")
-    from metauas.atomic import atomic_write_text
-
     atomic_write_text(out / META_FILE, json.dumps(asdict(meta), indent=2))
     return meta
 
