@@ -203,8 +203,27 @@ class MetaUAS(nn.Module):
         (default 0: the network alone) and ``T = config.temperature``; the patch-matching map
         is `metauas.models.comparison.patchmatch_map` on the same encoder features (PatchCore's
         nearest-neighbour distance, Roth et al. 2022), so the fusion costs no extra encoder pass.
+
+        Raises:
+            ValueError: a prompt batch that cannot be broadcast to the query batch.
         """
-        logits = self.forward_features(query_features, prompt)
+        return self.anomaly_map_from_logits(self.forward_features(query_features, prompt), query_features, prompt)
+
+    def anomaly_map_from_logits(self, logits: torch.Tensor, query_features: Sequence[torch.Tensor],
+                                prompt: PromptFeatures) -> torch.Tensor:
+        """The map rule of `anomaly_map` applied to logits already computed by `forward_features`
+        for the same queries and prompt (training validation needs both, without a second pass).
+
+        Args:
+            logits: (B,1,H,W) `forward_features(query_features, prompt)`.
+            query_features: `encode` of the queries, f0..f5.
+            prompt: the prepared prompt the logits were computed with.
+        Returns:
+            (B,1,H,W) anomaly map in [0,1].
+        Raises:
+            ValueError: a prompt batch that cannot be broadcast to the query batch (only when
+                ``patchmatch_weight > 0``).
+        """
         probs = self.probabilities(logits)
         w = float(self.config.patchmatch_weight)
         if w == 0.0:

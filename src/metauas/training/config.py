@@ -15,7 +15,8 @@ from metauas.errors import InputError
 from metauas.models.metauas import ModelConfig
 
 _MODEL = ModelConfig()  # defaults of the model fields come from ModelConfig (one source)
-MODEL_FIELDS = ("encoder", "alignment", "fusion", "num_aligned", "decoder_channels", "image_size", "comparison")
+MODEL_FIELDS = ("encoder", "alignment", "fusion", "num_aligned", "decoder_channels", "image_size", "comparison",
+                "patchmatch_weight")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class TrainConfig:
     decoder_channels: list[int] = field(default_factory=lambda: list(_MODEL.decoder_channels))
     image_size: int = _MODEL.image_size
     comparison: str = _MODEL.comparison  # none (paper) | cosine (explicit comparison signals for the decoder)
+    # map = (1-w) * network + w * patch matching; no parameters, so training is unchanged, but
+    # validation (and best.safetensors selection) measures the fused map and the exports carry w
+    patchmatch_weight: float = _MODEL.patchmatch_weight
     comparison_lr_scale: float = 10.0  # lr multiplier of the (zero-initialised) comparison module
     init_from: str = ""  # safetensors/ckpt to start from (e.g. a lower-resolution stage)
     # optimisation

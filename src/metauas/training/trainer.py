@@ -186,6 +186,24 @@ def collate(items: list[dict]) -> dict[str, Any]:
 
 @torch.no_grad()
 def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Validation loss and pixel metrics of `model` on fixed (query, prompt, mask) pairs.
+
+    The maps are the ones users get: `metauas.runtime.maps.paired_maps`, the steps of
+    `Segmenter.predict_tensor` (temperature and, when ``patchmatch_weight > 0``, the model's
+    patch-matching fusion included), with the eager model in eval mode; the loss is
+    `change_loss` of the same pass's logits. The model's train/eval mode is restored.
+
+    Args:
+        model: the model being trained.
+        pairs: items of the validation set: "query"/"prompt" (3,S,S) float in [0,1], "mask"
+            (1,S,S) in {0,1}.
+        cfg: batch size and loss settings.
+        device: where the model lives.
+    Returns:
+        {"p_auroc", "p_ap", "p_aupro"} (`pixel_metrics`, nan when undefined) and "val_loss"
+        (mean per pair).
+    """
+    from metauas.runtime.maps import paired_maps
     from metauas.training.validation import pixel_metrics
 
     was_training = model.training
@@ -193,10 +211,11 @@ def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.
     probs, masks, losses = [], [], []
     for start in range(0, len(pairs), cfg.batch_size):
         batch = collate(pairs[start:start + cfg.batch_size])
-        logits = ChangeStep(model)(batch["query"].to(device), batch["prompt"].to(device)).float().cpu()
+        out = paired_maps(model, batch["query"].to(device), batch["prompt"].to(device))
+        logits = out.logits.float().cpu()
         losses.append(float(change_loss(logits, batch["mask"], cfg.loss, cfg.dice_weight, cfg.focal_gamma))
                       * len(logits))
-        probs.append(model.probabilities(logits)[:, 0].numpy())  # the model's own map rule (temperature)
+        probs.append(out.anomaly_map.float().cpu()[:, 0].numpy())
         masks.append(batch["mask"][:, 0].numpy())
     model.train(was_training)
     metrics = pixel_metrics(np.concatenate(masks), np.concatenate(probs))
