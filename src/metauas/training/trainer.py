@@ -40,7 +40,11 @@ VAL_FIELDS = ["step", "val_loss", "p_auroc", "p_ap", "p_aupro", "elapsed_s"]
 
 # ---------------------------------------------------------------------------- data
 def build_datasets(cfg: TrainConfig, length: int) -> tuple[Dataset, Dataset, dict]:
-    """(train, validation, description of the data sources)."""
+    """(train, validation, description of the data sources).
+
+    Raises:
+        ValueError: an unknown data kind.
+    """
     if cfg.data == "toy":
         from metauas.training.toy import ToyChangeDataset
 
@@ -123,6 +127,11 @@ class ChangeStep(nn.Module):
             return [f.contiguous() for f in net.encode(prepare_input(net, images))]
 
     def forward(self, query: Any, prompt: Any) -> torch.Tensor:
+        """Logits (B,1,S,S) of queries against their prompts.
+
+        Args:
+            query, prompt: (B,3,S,S) images in [0,1], or cached encoder features [f1..f5].
+        """
         m = self.model
         if isinstance(query, torch.Tensor):
             qf, pf = self._encode(query), self._encode(prompt)
@@ -132,6 +141,9 @@ class ChangeStep(nn.Module):
 
 
 def lr_lambda(cfg: TrainConfig):
+    """Learning-rate factor per step for `LambdaLR`: linear warm-up over ``warmup_steps``, then
+    cosine decay to ``min_lr_ratio`` at ``steps``.
+    """
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / max(1, cfg.warmup_steps)
@@ -172,6 +184,9 @@ def parameter_groups(model: MetaUAS, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- validation
 def collate(items: list[dict]) -> dict[str, Any]:
+    """Batch dataset items: tensors stacked, lists of feature tensors stacked level by level,
+    other values (e.g. change types) kept as lists.
+    """
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [it[key] for it in items]
@@ -225,6 +240,9 @@ def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.
 
 # ---------------------------------------------------------------------------- export
 def export_model(model: MetaUAS, out_dir: Path, name: str, card: dict, half: bool = False) -> Path:
+    """Write ``out_dir/name.safetensors`` (weights + config, fp16 with `half`) and the model card
+    ``name.json``; returns the safetensors path.
+    """
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
