@@ -169,3 +169,42 @@ def test_export_parity_is_measured_on_real_images():
     assert torch.equal(prompts[0:1], to_model_tensor(read_image(folder / "prompt.png").rgb, 64))
     assert torch.equal(queries[0:1], to_model_tensor(read_image(folder / "query.png").rgb, 64))
     assert 1e-4 < PARITY_TOLERANCE <= 1e-3
+
+
+def _failing_decoder_export(monkeypatch):
+    """Let torch.onnx.export write the encoder and prompt graphs, and make it die half-way
+    through writing the decoder graph (some bytes on disk, then an error)."""
+    real = torch.onnx.export
+
+    def export(module, args, f, *rest, **kwargs):
+        if type(module).__name__ != "DecoderGraph":
+            return real(module, args, f, *rest, **kwargs)
+        with open(f, "wb") as handle:
+            handle.write(b"\x08\x07half-written graph")
+        raise RuntimeError("injected failure while writing the decoder graph")
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+
+
+def test_interrupted_export_never_leaves_a_partial_graph(tmp_path, monkeypatch):
+    from metauas.errors import MetaUASError
+
+    model = spread_model()
+    fsynced = []
+    real_fsync = __import__("os").fsync
+    monkeypatch.setattr("os.fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    export_onnx(model, tmp_path / "old", OnnxExportConfig(size=64), verify=False)
+    assert len(fsynced) == 4  # three graphs and the metadata are flushed to disk before the rename
+    old = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+
+    _failing_decoder_export(monkeypatch)
+    with pytest.raises(MetaUASError, match="injected failure"):
+        export_onnx(model, tmp_path / "fresh", OnnxExportConfig(size=64), verify=False)
+    assert not (tmp_path / "fresh" / "decoder.onnx").exists()  # no half-written target
+    assert [p.name for p in (tmp_path / "fresh").iterdir() if p.name.endswith(".tmp")] == []
+
+    with pytest.raises(MetaUASError, match="injected failure"):
+        export_onnx(model, tmp_path / "old", OnnxExportConfig(size=64, shots=2), overwrite=True, verify=False)
+    assert (tmp_path / "old" / "decoder.onnx").read_bytes() == old["decoder.onnx"]  # the old graph intact
+    assert (tmp_path / "old" / "metauas_onnx.json").read_bytes() == old["metauas_onnx.json"]
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == sorted(old)  # no temporary file left

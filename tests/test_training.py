@@ -184,3 +184,83 @@ def test_safetensors_without_encoder_reloads_it_from_the_package(tmp_path):
         model.encoder._conv_stem.weight.add_(1.0)
     with pytest.raises(CheckpointError, match="differs"):
         save_safetensors(model, tmp_path / "bad.safetensors", encoder_from_package=True)
+
+
+def _validation_setup(**model_fields):
+    from metauas.training.toy import ToyChangeDataset
+    from metauas.training.trainer import build_model_from_config
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(**{**TINY, "batch_size": 3, **model_fields})
+    model = build_model_from_config(cfg).train()
+    with torch.no_grad():  # a decoder whose maps vary (an untrained one gives ~0.5 everywhere)
+        model.mask_head.weight.mul_(20.0)
+    pairs = [ToyChangeDataset(cfg.image_size, 5, cfg.val_seed)[i] for i in range(5)]
+    return cfg, model, pairs
+
+
+def test_validation_metrics_are_those_of_the_segmenter_maps():
+    """Validation measures the map users get from `Segmenter` (temperature and the model's
+    patch-matching fusion included), not the bare network probabilities."""
+    import numpy as np
+
+    from metauas.runtime import Segmenter
+    from metauas.runtime.maps import paired_maps
+    from metauas.training.trainer import validate
+    from metauas.training.validation import pixel_metrics
+
+    cfg, model, pairs = _validation_setup(patchmatch_weight=0.5)
+    model.config.temperature = 2.0
+    assert model.config.patchmatch_weight == 0.5  # the training config reaches the model
+    metrics = validate(model, pairs, cfg, torch.device("cpu"))
+    assert model.training  # the mode is restored
+    segmenter = Segmenter(model, optimize=False, size=cfg.image_size)
+    user_maps = []
+    for pair in pairs:
+        segmenter.set_prompt_tensor(pair["prompt"][None])
+        user_maps.append(segmenter.predict_tensor(pair["query"][None])[0, 0].numpy())
+        with torch.no_grad():
+            mine = paired_maps(model, pair["query"][None], pair["prompt"][None]).anomaly_map[0, 0].numpy()
+        assert np.abs(mine - user_maps[-1]).max() < 1e-6
+    masks = np.stack([p["mask"][0].numpy() for p in pairs])
+    expected = pixel_metrics(masks, np.stack(user_maps))
+    for key in ("p_auroc", "p_ap", "p_aupro"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    with torch.no_grad():  # and it is not the network alone: the fusion changes the numbers
+        bare = np.stack([model.probabilities(model.logits(p["query"][None], p["prompt"][None]))[0, 0].numpy()
+                         for p in pairs])
+    assert np.abs(bare - np.stack(user_maps)).max() > 1e-2
+
+
+def test_validation_without_patchmatch_is_the_previous_computation():
+    """With patchmatch_weight 0 the runtime path computes exactly what training validation
+    computed before (network logits -> sigmoid(logits / T)): same loss and metrics."""
+    import numpy as np
+
+    from metauas.training.losses import change_loss
+    from metauas.training.trainer import ChangeStep, collate, validate
+    from metauas.training.validation import pixel_metrics
+
+    cfg, model, pairs = _validation_setup()
+    metrics = validate(model, pairs, cfg, torch.device("cpu"))
+    model.eval()
+    probs, masks, losses = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(pairs), cfg.batch_size):
+            batch = collate(pairs[start:start + cfg.batch_size])
+            logits = ChangeStep(model)(batch["query"], batch["prompt"]).float()
+            losses.append(float(change_loss(logits, batch["mask"], cfg.loss, cfg.dice_weight, cfg.focal_gamma))
+                          * len(logits))
+            probs.append(model.probabilities(logits)[:, 0].numpy())
+            masks.append(batch["mask"][:, 0].numpy())
+    before = pixel_metrics(np.concatenate(masks), np.concatenate(probs))
+    before["val_loss"] = sum(losses) / len(pairs)
+    assert metrics == before
+
+
+def test_patchmatch_weight_in_the_training_config_is_checked(tmp_path):
+    from metauas.errors import InputError
+
+    assert TrainConfig.from_dict({"patchmatch_weight": 0.8}).model_config().patchmatch_weight == 0.8
+    with pytest.raises(InputError, match="patchmatch_weight"):
+        TrainConfig.from_dict({"patchmatch_weight": 1.5})

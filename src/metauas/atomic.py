@@ -65,10 +65,20 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (`atomic_write`); returns the path.
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically (`atomic_write`), newlines untranslated; returns the path.
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding=encoding, newline="") as handle:
             handle.write(text)

@@ -30,6 +30,12 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `metauas` argument parser with one subcommand per module of COMMAND_MODULES (modules of
+    areas that are not installed are left out).
+
+    Raises:
+        ModuleNotFoundError: a command module fails to import because of another missing module.
+    """
     parser = argparse.ArgumentParser(
         prog="metauas",
         description="Universal anomaly segmentation from one normal image (MetaUAS).",
@@ -48,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `metauas` command line.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+    Returns:
+        the exit status: the command's (0 success, 1 partial, e.g. skipped queries), 2 for a
+        usage or input error (message on stderr), 130 when interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

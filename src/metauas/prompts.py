@@ -41,7 +41,11 @@ PROMPT_STRATEGIES = ("random", "best", "best+", "kshot")
 
 
 def random_prompts(train: Sequence[Path], seed: int, k: int = 1) -> list[Path]:
-    """k distinct training images drawn with ``seed`` (order of ``train`` is sorted first)."""
+    """k distinct training images drawn with ``seed`` (order of ``train`` is sorted first).
+
+    Raises:
+        InputError: no training images, or fewer than `k`.
+    """
     pool = sorted(Path(p) for p in train)
     if not pool:
         raise InputError("no normal training images to draw prompts from")
@@ -58,7 +62,11 @@ def global_descriptor(features: Sequence[torch.Tensor], level: int = -1) -> torc
 
 
 def rank_by_similarity(query_desc: torch.Tensor, train_desc: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """Indices (N, k) of the k most cosine-similar training descriptors per query (ties: lower index)."""
+    """Indices (N, k) of the k most cosine-similar training descriptors per query (ties: lower index).
+
+    Raises:
+        InputError: no training descriptors.
+    """
     if train_desc.shape[0] == 0:
         raise InputError("no training descriptors to rank")
     k = min(k, train_desc.shape[0])
@@ -89,6 +97,17 @@ class DescriptorCache:
 
     def get(self, name: str, paths: Sequence[Path],
             describe: Callable[[Sequence[Path]], torch.Tensor]) -> torch.Tensor:
+        """Global descriptors of `paths`, from the cache folder when a file for exactly these paths
+        exists, else computed with `describe` and stored (atomically); an unreadable cache file is
+        recomputed.
+
+        Args:
+            name: label of the set (e.g. the category), part of the cache file name.
+            paths: the images, in order.
+            describe: paths -> (N, C) descriptors (`global_descriptor` of their encoder features).
+        Returns:
+            (N, C) float32 CPU tensor.
+        """
         if self.cache_dir is None:
             return describe(paths).detach().float().cpu()
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)

@@ -204,6 +204,8 @@ def check_train_config(data: Mapping[str, Any], defaults: Any, source: str) -> N
             raise InputError(f"{source}: {name} must not be negative, got {data[name]}")
     if "image_size" in data and data["image_size"] % 32:
         raise InputError(f"{source}: image_size must be a multiple of 32, got {data['image_size']}")
+    if "patchmatch_weight" in data and not 0.0 <= data["patchmatch_weight"] <= 1.0:
+        raise InputError(f"{source}: patchmatch_weight must be from 0 to 1, got {data['patchmatch_weight']}")
     if "decoder_channels" in data:
         check_model_config({"decoder_channels": data["decoder_channels"]}, source)
 

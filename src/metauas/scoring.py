@@ -45,7 +45,11 @@ def image_score(anomaly_map: np.ndarray | torch.Tensor, top_fraction: float = DE
 
 
 def image_scores(maps: np.ndarray | torch.Tensor, top_fraction: float = DEFAULT_TOP_FRACTION) -> np.ndarray:
-    """`image_score` of each map of an (N, H, W) stack -> (N,) float64."""
+    """`image_score` of each map of an (N, H, W) stack -> (N,) float64.
+
+    Raises:
+        ValueError: maps that are not (N, H, W).
+    """
     t = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps)
     if t.dim() != 3:
         raise ValueError(f"expected maps of shape (N, H, W), got {tuple(t.shape)}")

@@ -134,7 +134,12 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 
 
 def make_mvtec_dataset(cfg: MakeDatasetConfig) -> Path:
-    """Write the tree to ``cfg.out`` (categories ``cat0``, ``cat1``, ... or image stems)."""
+    """Write the tree to ``cfg.out`` (categories ``cat0``, ``cat1``, ... or image stems).
+
+    Raises:
+        InputError: the output folder is not empty (without overwrite), a size below 32 or a
+            zero count, or an unknown defect type.
+    """
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise InputError(f"{out} exists and is not empty (use --overwrite)")

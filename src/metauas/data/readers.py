@@ -118,7 +118,13 @@ def read_goods(root: str | Path, categories: list[str] | None = None) -> Benchma
 
 def read_visa(root: str | Path, categories: list[str] | None = None,
               split_csv: str = "split_csv/1cls.csv") -> BenchmarkData:
-    """VisA from its ``split_csv/1cls.csv`` (one-class split)."""
+    """VisA from its ``split_csv/1cls.csv`` (one-class split).
+
+    Raises:
+        InputError: the split file is missing, empty or malformed; a listed image or mask is
+            missing; a training image is anomalous or an anomalous one has no mask; a requested
+            category is absent or has no training or test images.
+    """
     root = _require_dir(Path(root).expanduser(), "VisA root")
     csv_path = root / split_csv
     if not csv_path.is_file():
@@ -198,7 +204,11 @@ def _folder_category(cdir: Path, name: str) -> CategoryData:
 
 
 def read_folder(root: str | Path, categories: list[str] | None = None) -> BenchmarkData:
-    """Generic folders: one category in ``root`` itself or one per sub-folder."""
+    """Generic folders: one category in ``root`` itself or one per sub-folder.
+
+    Raises:
+        InputError: no category folders under `root`.
+    """
     root = _require_dir(Path(root).expanduser(), "dataset root")
     if any((root / d).is_dir() for d in _PROMPT_DIRS + ("good",) + _ANOMALY_DIRS):
         cats = {root.name: _folder_category(root, root.name)}
@@ -269,7 +279,12 @@ def _read_ranked_prompts(meta: Path, root: Path) -> dict[str, list[Path]]:
 
 def read_metauas_json(root: str | Path, categories: list[str] | None = None,
                       meta_dir: str | Path | None = None) -> BenchmarkData:
-    """Official MetaUAS meta files (``test.json`` etc. in ``meta_dir``, images under ``root``)."""
+    """Official MetaUAS meta files (``test.json`` etc. in ``meta_dir``, images under ``root``).
+
+    Raises:
+        InputError: test.json missing or empty, an entry malformed or naming a missing image or
+            mask, a requested category absent, or a category without prompt images.
+    """
     root = _require_dir(Path(root).expanduser(), "image root")
     meta = _require_dir(Path(meta_dir).expanduser(), "meta folder") if meta_dir else root
     test_json = meta / "test.json"
@@ -327,7 +342,11 @@ def read_metauas_json(root: str | Path, categories: list[str] | None = None,
 
 def open_dataset(kind: str, root: str | Path, categories: list[str] | None = None,
                  meta_dir: str | Path | None = None) -> BenchmarkData:
-    """Dispatch on ``kind`` (one of DATASET_KINDS)."""
+    """Dispatch on ``kind`` (one of DATASET_KINDS).
+
+    Raises:
+        InputError: an unknown dataset kind (and the reader's own errors).
+    """
     if kind == "mvtec":
         return read_mvtec(root, categories)
     if kind == "goods":

@@ -41,6 +41,9 @@ class Sample:
 
     @property
     def has_pixel_gt(self) -> bool:
+        """True when the image counts for pixel metrics: normal images (all pixels normal), images
+        with a mask, and anomalous images marked anomalous everywhere (`whole_image`).
+        """
         return self.label == 0 or self.mask is not None or self.whole_image
 
 
@@ -70,7 +73,11 @@ class BenchmarkData:
     ranked_prompts: dict[str, list[Path]] = field(default_factory=dict)
 
     def select(self, names: list[str] | None) -> "BenchmarkData":
-        """Restrict to the given categories (clear error for unknown ones)."""
+        """Restrict to the given categories (clear error for unknown ones).
+
+        Raises:
+            InputError: a requested category is not in the data set.
+        """
         if not names:
             return self
         unknown = [n for n in names if n not in self.categories]
@@ -88,6 +95,9 @@ def load_mask(sample: Sample, shape: tuple[int, int] | None = None) -> np.ndarra
 
     ``shape`` is needed only for masks that do not come from a file (normal images, whole-image
     anomalies); it is the (H, W) of the image.
+    Raises:
+        ValueError: no `shape` given for a sample without a mask file.
+        InputError: the mask file cannot be read.
     """
     if sample.mask is not None:
         try:  # the one mask reader: any non-zero colour value is anomalous (benchmark convention)

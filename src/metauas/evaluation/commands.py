@@ -11,6 +11,7 @@ from metauas.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `eval` and `make-dataset` subcommands to the `metauas` parser."""
     from metauas.data.readers import DATASET_KINDS
     from metauas.evaluation.runner import METHODS
     from metauas.metrics import PROTOCOLS
@@ -68,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """`metauas eval`: run `run_evaluation` with the command-line options, print metrics.md (and
+    the mean metrics as JSON on stderr); returns exit status 0.
+
+    Raises:
+        InputError: invalid options or data set (from `EvalConfig.validate` and the readers).
+    """
     import torch
 
     from metauas.evaluation.runner import EvalConfig, run_evaluation
@@ -89,6 +96,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_make_dataset(args: argparse.Namespace) -> int:
+    """`metauas make-dataset`: write a small MVTec-format data set (and with ``--meta`` the
+    official meta files); returns exit status 0.
+
+    Raises:
+        InputError: an ``--images`` entry that does not exist, or folders without images.
+    """
     from metauas.data import MakeDatasetConfig, make_mvtec_dataset, read_mvtec, write_metauas_meta
     from metauas.data.readers import IMAGE_SUFFIXES
 

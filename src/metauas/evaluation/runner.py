@@ -68,6 +68,13 @@ class EvalConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        """Check the options before any work is done.
+
+        Raises:
+            InputError: unknown prompt strategy, method or protocol; a size that is not a positive
+                multiple of 32; k < 1 or k > 1 with random prompts; no seeds; batch size < 1; a
+                fusion weight outside [0, 1]; or ``best+`` with a method other than metauas.
+        """
         if self.prompt not in PROMPT_STRATEGIES:
             raise InputError(f"unknown prompt strategy {self.prompt!r}; choose from {', '.join(PROMPT_STRATEGIES)}")
         if self.method not in METHODS:
@@ -472,7 +479,12 @@ def _load_model_for(cfg: EvalConfig) -> torch.nn.Module:
 
 def run_evaluation(cfg: EvalConfig, model: torch.nn.Module | None = None,
                    data: BenchmarkData | None = None) -> dict:
-    """Evaluate and write ``cfg.out/metrics.json`` and ``metrics.md``; returns the report dict."""
+    """Evaluate and write ``cfg.out/metrics.json`` and ``metrics.md``; returns the report dict.
+
+    Raises:
+        InputError: invalid options (`EvalConfig.validate`), or a category with fewer training
+            images than k prompts (and the data set readers' errors).
+    """
     from tqdm import tqdm
 
     cfg.validate()

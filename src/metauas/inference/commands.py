@@ -67,6 +67,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `segment`, `calibrate`, `export` and `info` subcommands to the parser."""
     seg = subparsers.add_parser(
         "segment", help="segment query images against normal prompt image(s)",
         description="Writes <name>_map.png (16-bit), <name>_overlay.png, <name>_mask.png (when a "
@@ -224,6 +225,15 @@ def _check_segment_options(args: argparse.Namespace) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    """`metauas segment`: segment the queries against the prompt(s) or prompt pool and write maps,
+    overlays, masks and results.json/csv to ``--out``.
+
+    Returns:
+        0 when every query was processed, 1 when unreadable queries were skipped.
+    Raises:
+        InputError: invalid options, more k-shot prompts than MAX_KSHOT, unusable prompt or
+            output folder (and the engine's errors).
+    """
     started = time.perf_counter()
     _check_segment_options(args)
     pool = args.prompt_pool is not None
@@ -296,6 +306,12 @@ def _report(args: argparse.Namespace, run: BatchRun, thresholds, source: str, ou
 
 # ============================================================================ calibrate
 def run_calibrate(args: argparse.Namespace) -> int:
+    """`metauas calibrate`: choose image/pixel thresholds from good (and optionally bad) images,
+    print them and save them beside the model.
+
+    Returns:
+        0 when saved, 1 when they could not be saved.
+    """
     prompts = resolve_images(args.prompt, "prompt")
     engine = build_engine(args, shots=len(prompts))
     engine.segmenter.set_prompt([str(p) for p in prompts])
@@ -315,6 +331,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 # ============================================================================ export
 def run_export(args: argparse.Namespace) -> int:
+    """`metauas export`: write the ONNX graphs of the model (`export_onnx`) and print the parity
+    measured on real images; returns 0.
+    """
     from metauas.runtime.export import OnnxExportConfig, export_onnx
     from metauas.runtime.onnx_format import PARITY_TOLERANCE
 
@@ -364,6 +383,9 @@ def _model_summary(name: str) -> dict[str, Any]:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    """`metauas info`: versions, bundled models, encoders and their ImageNet weights, the data
+    folder's stored thresholds and exports (``--json``: as JSON); returns 0.
+    """
     import importlib.util
     import platform
 

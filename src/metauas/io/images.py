@@ -70,6 +70,7 @@ class LoadedImage:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """(H, W, 3) shape of the RGB array."""
         return self.rgb.shape
 
 

@@ -184,7 +184,20 @@ def _pro_steps(cat: _Category, steps: int, fpr_limit: float) -> float:
 
 
 def aupro(gt_masks: Sequence, pred_maps: Sequence, fpr_limit: float = 0.3) -> float:
-    """Exact normalised AUPRO up to ``fpr_limit`` (see module docstring)."""
+    """Exact normalised AUPRO up to ``fpr_limit`` (Bergmann et al., "The MVTec Anomaly Detection
+    Dataset", IJCV 2021): the area under the mean per-region overlap (8-connected ground-truth
+    regions) as a function of the false-positive rate over all normal pixels, from 0 to
+    ``fpr_limit``, divided by ``fpr_limit`` (see the module docstring).
+
+    Args:
+        gt_masks: N ground-truth masks (H_i, W_i), nonzero = anomalous.
+        pred_maps: N anomaly maps of the same sizes, higher = more anomalous.
+        fpr_limit: FPR integration limit (0.3 as in the paper).
+    Returns:
+        AUPRO in [0, 1].
+    Raises:
+        InputError: a map or mask that is not 2-D, a non-numeric map, or sizes that differ.
+    """
     masks = [_as_mask(m, i) for i, m in enumerate(gt_masks)]
     maps = [_as_map(p, i) for i, p in enumerate(pred_maps)]
     cat = _Category(masks, maps)

@@ -58,10 +58,12 @@ class RankingInputs:
 
     @property
     def n_neg(self) -> int:
+        """Number of negative (normal) pixels or images."""
         return int(self.neg_sorted.size)
 
     @property
     def n_pos(self) -> int:
+        """Number of positive (anomalous) pixels or images."""
         return int(self.pos_counts.sum())
 
 
@@ -166,6 +168,8 @@ def aupro_exact_from(r: RankingInputs, fpr_limit: float = 0.3) -> float:
     a trapezoid of width c_u / n_neg between heights W(> u) and W(>= u).  Summing those over
     all negatives above the cut equals sum_v weight(v) * (#neg in (u*, v) + #neg in (u*, v]),
     which needs only the counts already in ``r``.
+    Raises:
+        ValueError: `prepared` was built without PRO weights (``pos_weights`` in `prepare`).
     """
     if r.pos_weight is None:
         raise ValueError("aupro needs pos_weights in prepare()")
@@ -192,7 +196,11 @@ def aupro_exact_from(r: RankingInputs, fpr_limit: float = 0.3) -> float:
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """AUROC, AP and F1max of binary ``labels`` (bool/0-1) vs ``scores`` with one sort."""
+    """AUROC, AP and F1max of binary ``labels`` (bool/0-1) vs ``scores`` with one sort.
+
+    Raises:
+        ValueError: labels and scores differ in size.
+    """
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores).ravel()
     if labels.shape != scores.shape:

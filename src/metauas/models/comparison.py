@@ -123,6 +123,10 @@ class Comparison(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def signals_at(self, level: int) -> int:
+        """Number of comparison signal channels at encoder `level`: 2 at aligned levels (``d_nn``,
+        the cosine distance to the nearest prompt position, and ``d_al``, to the aligned prompt
+        feature), 1 (``d_nn``) elsewhere.
+        """
         return 2 if level in self.aligned else 1
 
     def signals(self, query_features: Sequence[torch.Tensor], prompt_features: Sequence[torch.Tensor],

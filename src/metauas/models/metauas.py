@@ -19,6 +19,20 @@ from metauas.scoring import DEFAULT_TOP_FRACTION, image_scores
 
 @dataclass
 class ModelConfig:
+    """Architecture and map options of a `MetaUAS` model (stored in checkpoints).
+
+    Attributes:
+        encoder: encoder name (`metauas.models.encoders.available_encoders`).
+        alignment: "sa" soft alignment (paper, Sec. 3.2), "ha" hard, "na" none.
+        fusion: "cat" (paper), "add" or "absdiff".
+        num_aligned: deepest encoder levels that are aligned, 0..5 (3: f5, f4, f3).
+        decoder_channels: widths of the five UNet decoder blocks.
+        image_size: input size S in px the model was trained for (multiple of 32).
+        encoder_head: keep the unused classifier-head conv (official layout).
+        comparison: "none" (paper) or "cosine" (explicit comparison signals).
+        temperature: map = sigmoid(logits / temperature), in [0.05, 100] (1 = paper).
+        patchmatch_weight: map = (1-w) * network + w * patch matching, w in [0, 1].
+    """
     encoder: str = "efficientnet-lite0"
     alignment: str = "sa"  # sa (soft, paper) | ha (hard) | na (none)
     fusion: str = "cat"  # cat (paper) | add | absdiff
@@ -31,6 +45,13 @@ class ModelConfig:
     patchmatch_weight: float = 0.0  # anomaly map = (1-w) * model + w * patch matching (0 = model only)
 
     def validate(self) -> None:
+        """Check every field.
+
+        Raises:
+            ValueError: unknown encoder/alignment/fusion/comparison, num_aligned outside 0..5,
+                image_size not a multiple of 32, patchmatch_weight outside [0, 1] or temperature
+                outside [0.05, 100].
+        """
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; available: {sorted(ENCODERS)}")
         if self.alignment not in ALIGNMENT_TYPES:
@@ -49,10 +70,14 @@ class ModelConfig:
             raise ValueError(f"unknown comparison {self.comparison!r}; choose from {COMPARISON_TYPES}")
 
     def to_json(self) -> str:
+        """The config as a JSON object string (stored in safetensors metadata)."""
         return json.dumps(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        """A config from a dict (e.g. checkpoint metadata); unknown keys are ignored, missing ones take
+        the defaults. Values are not validated here (`MetaUAS` validates).
+        """
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         if "decoder_channels" in known:
             known["decoder_channels"] = tuple(known["decoder_channels"])
@@ -75,6 +100,11 @@ class PromptFeatures:
     keys: list[torch.Tensor | None]
 
     def expand_to(self, batch: int) -> "PromptFeatures":
+        """The same prompt broadcast to a query batch of `batch` (a view, no copy).
+
+        Raises:
+            ValueError: the prompt batch is neither 1 nor `batch`.
+        """
         def grow(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None or t.shape[0] == batch:
                 return t
@@ -113,11 +143,15 @@ class MetaUAS(nn.Module):
 
     # ------------------------------------------------------------------ encoder
     def freeze_encoder(self) -> None:
+        """Make the encoder untrainable (no gradients) and put it in eval mode."""
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         self.encoder.eval()
 
     def train(self, mode: bool = True) -> "MetaUAS":
+        """`nn.Module.train`, except that the frozen encoder always stays in eval mode (its BatchNorm
+        statistics never move). Returns self.
+        """
         super().train(mode)
         self.encoder.eval()  # frozen backbone: BatchNorm keeps its ImageNet statistics
         return self
@@ -189,6 +223,12 @@ class MetaUAS(nn.Module):
         return logits + self.comparison.logit_term(signals, tuple(logits.shape[-2:]))
 
     def logits(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """Network logits (B,1,H,W) of queries (B,3,H,W) in [0,1] against prompts (B,3,H,W),
+        (1,3,H,W) or (B,K,3,H,W) in [0,1] (before temperature and patch-matching fusion).
+
+        Raises:
+            ValueError: wrong shapes or sizes not multiples of 32.
+        """
         return self.forward_features(self.encode(query), self.prepare_prompt(prompt))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -203,8 +243,27 @@ class MetaUAS(nn.Module):
         (default 0: the network alone) and ``T = config.temperature``; the patch-matching map
         is `metauas.models.comparison.patchmatch_map` on the same encoder features (PatchCore's
         nearest-neighbour distance, Roth et al. 2022), so the fusion costs no extra encoder pass.
+
+        Raises:
+            ValueError: a prompt batch that cannot be broadcast to the query batch.
         """
-        logits = self.forward_features(query_features, prompt)
+        return self.anomaly_map_from_logits(self.forward_features(query_features, prompt), query_features, prompt)
+
+    def anomaly_map_from_logits(self, logits: torch.Tensor, query_features: Sequence[torch.Tensor],
+                                prompt: PromptFeatures) -> torch.Tensor:
+        """The map rule of `anomaly_map` applied to logits already computed by `forward_features`
+        for the same queries and prompt (training validation needs both, without a second pass).
+
+        Args:
+            logits: (B,1,H,W) `forward_features(query_features, prompt)`.
+            query_features: `encode` of the queries, f0..f5.
+            prompt: the prepared prompt the logits were computed with.
+        Returns:
+            (B,1,H,W) anomaly map in [0,1].
+        Raises:
+            ValueError: a prompt batch that cannot be broadcast to the query batch (only when
+                ``patchmatch_weight > 0``).
+        """
         probs = self.probabilities(logits)
         w = float(self.config.patchmatch_weight)
         if w == 0.0:
@@ -229,6 +288,7 @@ class MetaUAS(nn.Module):
 
     # ------------------------------------------------------------------ info
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that require gradients (everything but the frozen encoder)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def predict(self, query_features: Sequence[torch.Tensor], prompt: PromptFeatures,

@@ -62,10 +62,12 @@ class Engine:
 
     @property
     def size(self) -> int:
+        """Model input size S in px of the segmenter."""
         return int(self.segmenter.size)
 
     @property
     def untrained(self) -> bool:
+        """True when no trained model was found and the untrained fallback runs (maps are meaningless)."""
         return self.model_name == UNTRAINED_NAME
 
     def store_path(self) -> Path:

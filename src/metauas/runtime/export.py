@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metauas.atomic import atomic_write, atomic_write_text
 from metauas.constants import check_size
 from metauas.errors import InputError, MetaUASError
 from metauas.models import MetaUAS, PromptFeatures
@@ -51,6 +51,11 @@ class OnnxExportConfig:
     opset: int = DEFAULT_OPSET
 
     def validate(self) -> None:
+        """Check the export options.
+
+        Raises:
+            InputError: size not a positive multiple of 32, or shots outside 1..64.
+        """
         check_size(self.size, "--size")
         if not 1 <= self.shots <= 64:
             raise InputError(f"--shots must be between 1 and 64, got {self.shots}")
@@ -61,6 +66,9 @@ def _has_keys(model: MetaUAS) -> bool:
 
 
 def prompt_names(model: MetaUAS) -> list[str]:
+    """Names of the prompt graph's outputs (= the decoder's prompt inputs): ``p<l>`` per aligned
+    level l, then ``k<l>`` (alignment keys) unless the model has no keys (alignment "na").
+    """
     names = [f"p{level}" for level in model.aligned_levels]
     if _has_keys(model):
         names += [f"k{level}" for level in model.aligned_levels]
@@ -75,6 +83,7 @@ class EncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B,3,S,S) image in [0,1] -> f1..f5, f_l of shape (B,C_l,S/2**l,S/2**l)."""
         return tuple(self.model.encode(image)[1:])
 
 
@@ -87,6 +96,10 @@ class PromptGraph(nn.Module):
         self.shots = shots
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Aligned-level features (K,C_l,h_l,w_l) of the K prompts, deepest level first -> prompt
+        tensors ``p<l>`` and keys ``k<l>`` (`prompt_names`); with K > 1 a leading axis of 1 is added
+        (the k-shot layout of `PromptFeatures`).
+        """
         prompts, keys = [], []
         for align, f in zip(self.model.alignment, features):
             key = align.reduce(f) if align.kind != "na" else None
@@ -109,6 +122,9 @@ class DecoderGraph(nn.Module):
         self.has_keys = _has_keys(model)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """q1..q5 (B,C_l,S/2**l,S/2**l), then the prompt tensors and keys in `prompt_names` order ->
+        anomaly map (B,1,S,S) in [0,1] (`MetaUAS.anomaly_map`).
+        """
         query = list(inputs[:5])
         rest = inputs[5:]
         n = len(self.levels)
@@ -124,23 +140,20 @@ class DecoderGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
             output_names: list[str], dynamic: dict[str, dict[int, str]], opset: int) -> None:
-    from metauas.atomic import remove_stale_temps
-
-    remove_stale_temps(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Trace `module` to `path` through `metauas.atomic.atomic_write`: the exporter writes a
+    unique temporary file beside `path`, which replaces `path` only once it is complete and
+    fsynced, so an interrupted export leaves the old file (or none), never a partial graph."""
     module.eval()  # the exporter restores the wrapper's mode afterwards; a fresh wrapper would
     # otherwise be "training" and put the wrapped model (BatchNorm!) into training mode
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer/deprecation chatter; the parity check is the proof
-        try:
-            torch.onnx.export(module, args, str(tmp), dynamo=False, input_names=input_names,
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer/deprecation chatter; the parity check is the proof
+            torch.onnx.export(module, args, tmp, dynamo=False, input_names=input_names,
                               output_names=output_names, dynamic_axes=dynamic, opset_version=opset,
                               do_constant_folding=True)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 @contextlib.contextmanager
@@ -173,7 +186,14 @@ def _check_prompt_levels(model: MetaUAS) -> None:
 
 def export_onnx(model: MetaUAS, out_dir: str | os.PathLike, config: OnnxExportConfig | None = None,
                 model_name: str = "", overwrite: bool = False, verify: bool = True) -> OnnxMetadata:
-    """Write encoder/prompt/decoder graphs and metadata to `out_dir`; returns the metadata."""
+    """Write encoder/prompt/decoder graphs and metadata to `out_dir`; returns the metadata.
+
+    Raises:
+        InputError: invalid config, levels the export cannot feed, an existing export without
+            `overwrite`, or an output folder that cannot be created or written.
+        MetaUASError: the ONNX exporter fails, or the export differs from PyTorch by more than
+            PARITY_TOLERANCE.
+    """
     config = config or OnnxExportConfig()
     config.validate()
     _check_prompt_levels(model)
@@ -220,8 +240,6 @@ def export_onnx(model: MetaUAS, out_dir: str | os.PathLike, config: OnnxExportCo
         if meta.max_abs_diff > PARITY_TOLERANCE:
             raise MetaUASError(f"ONNX export in {out} differs from PyTorch by {meta.max_abs_diff:.2e} "
                                f"(tolerance {PARITY_TOLERANCE:g})")
-    from metauas.atomic import atomic_write_text
-
     atomic_write_text(out / META_FILE, json.dumps(asdict(meta), indent=2))
     return meta
 

@@ -47,6 +47,7 @@ class OnnxRunner:
 
     @property
     def size(self) -> int:
+        """Input size S in px the graphs were exported for."""
         return int(self.meta.size)
 
     def encode(self, images: np.ndarray) -> list[np.ndarray]:
@@ -75,7 +76,11 @@ class OnnxRunner:
             self._prompt_inputs.append(dict(zip(names, self.prompt.run(None, feeds))))
 
     def predict(self, queries: np.ndarray) -> np.ndarray:
-        """(B,3,S,S) float32 in [0,1] -> probabilities (B,1,S,S) against the cached prompt(s)."""
+        """(B,3,S,S) float32 in [0,1] -> probabilities (B,1,S,S) against the cached prompt(s).
+
+        Raises:
+            InputError: no prompt set.
+        """
         if not self._prompt_inputs:
             raise InputError("no prompt set: call set_prompt() with a normal image first")
         features = self.encode(queries)
@@ -109,6 +114,7 @@ class OnnxSegmenter(Predictor):
 
     @property
     def meta(self) -> OnnxMetadata:
+        """The export's metadata (`metauas_onnx.json`)."""
         return self.runner.meta
 
     def _encode_prompts(self, batch: torch.Tensor) -> None:

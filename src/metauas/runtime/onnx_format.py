@@ -43,6 +43,12 @@ class OnnxMetadata:
 
     @classmethod
     def read(cls, folder: Path) -> "OnnxMetadata":
+        """The metadata of the export in `folder`, after checking that its graph files exist.
+
+        Raises:
+            InputError: not an export (metadata missing), unreadable or invalid metadata, another
+                export format version, or a missing graph file.
+        """
         path = Path(folder) / META_FILE
         if not path.is_file():
             raise InputError(f"{folder} is not a metauas ONNX export ({META_FILE} missing); "

@@ -54,6 +54,7 @@ class SegmentationResult:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(H, W) of the anomaly map = the query's original size."""
         return self.anomaly_map.shape  # type: ignore[return-value]
 
 

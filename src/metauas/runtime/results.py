@@ -130,6 +130,11 @@ class FolderSink:
         self.folder = Path(folder)
 
     def write(self, name: str, data: bytes) -> None:
+        """Write `data` to ``folder/name`` atomically.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         atomic_write_bytes(self.folder / name, data)
 
 
@@ -141,9 +146,11 @@ class ZipSink:
         self.zip = zipfile.ZipFile(self.buffer, "w", zipfile.ZIP_DEFLATED)
 
     def write(self, name: str, data: bytes) -> None:
+        """Add `data` to the archive as `name`."""
         self.zip.writestr(name, data)
 
     def value(self) -> bytes:
+        """Close the archive and return its bytes (no writes after this)."""
         self.zip.close()
         return self.buffer.getvalue()
 

@@ -71,6 +71,7 @@ class Thresholds:
             setattr(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-ready dict (the threshold file's entry)."""
         return asdict(self)
 
     @classmethod
@@ -81,6 +82,9 @@ class Thresholds:
         return cls(**known)
 
     def describe(self) -> str:
+        """One line for people: both thresholds and how they were chosen, e.g. "image threshold
+        0.4210, pixel threshold 0.5000 (good-quantile, q=0.99 of 20 good images)".
+        """
         text = f"image threshold {self.image:.4f}, pixel threshold {self.pixel:.4f} ({self.method}"
         if self.method == "good-quantile":
             text += f", q={self.quantile} of {self.num_good} good images"
@@ -95,7 +99,11 @@ class Thresholds:
 
 # ---------------------------------------------------------------------------- maths
 def quantile_threshold(good_scores: Sequence[float], quantile: float) -> float:
-    """Smallest observed good score with at least `quantile` of good scores at or below it."""
+    """Smallest observed good score with at least `quantile` of good scores at or below it.
+
+    Raises:
+        InputError: quantile outside (0, 1], or no good scores.
+    """
     if not 0.0 < quantile <= 1.0:
         raise InputError(f"quantile must be in (0, 1], got {quantile}")
     scores = np.asarray(good_scores, dtype=np.float64)
@@ -109,6 +117,8 @@ def f1_threshold(scores: Sequence[float], labels: Sequence[int]) -> tuple[float,
 
     t lies half-way between the lowest score still called anomalous and the next lower score,
     so the rule is robust to tiny numerical differences between backends.
+    Raises:
+        InputError: no bad (anomalous) example.
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
@@ -135,12 +145,25 @@ class PixelF1:
         self.neg = np.zeros(bins, np.int64)
 
     def add(self, anomaly_map: np.ndarray, mask: np.ndarray | None) -> None:
+        """Count one map's pixels into the histograms.
+
+        Args:
+            anomaly_map: (H, W) float in [0, 1].
+            mask: (H, W) ground truth, nonzero = anomalous; None for a good image (all normal).
+        """
         index = np.clip((anomaly_map * self.bins).astype(np.int64), 0, self.bins - 1).ravel()
         truth = np.zeros(index.shape, bool) if mask is None else mask.ravel().astype(bool)
         self.pos += np.bincount(index[truth], minlength=self.bins)
         self.neg += np.bincount(index[~truth], minlength=self.bins)
 
     def best(self) -> tuple[float, float]:
+        """The pixel threshold with the best F1 over all added pixels (resolution 1 / bins).
+
+        Returns:
+            (threshold in [0, 1], its F1).
+        Raises:
+            InputError: no anomalous pixel was added.
+        """
         if self.pos.sum() == 0:
             raise InputError("pixel calibration needs masks with at least one anomalous pixel")
         # predicting bins >= i positive  <=>  p > i / bins (up to the bin width)
@@ -329,7 +352,11 @@ def load_thresholds(path: Path, model_digest: str | None = None, size: int | Non
 
 
 def read_threshold_file(path: str | os.PathLike) -> Thresholds:
-    """A threshold file given by the user: a store (newest entry) or one bare entry."""
+    """A threshold file given by the user: a store (newest entry) or one bare entry.
+
+    Raises:
+        InputError: missing file, invalid JSON, not a threshold file, or no entries.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"threshold file not found: {path}")

@@ -119,7 +119,11 @@ class Segmenter(Predictor):
         self.set_prompt_pool_tensor(self.read_prompts(images), k)
 
     def set_prompt_pool_tensor(self, pool: torch.Tensor, k: int = 1) -> None:
-        """Like `set_prompt_pool` for (N,3,S,S) model-sized float tensors in [0,1]."""
+        """Like `set_prompt_pool` for (N,3,S,S) model-sized float tensors in [0,1].
+
+        Raises:
+            InputError: k < 1, or a tensor that is not (N,3,S,S).
+        """
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
         batch = self._check_prompt_tensor(pool)
@@ -145,14 +149,22 @@ class Segmenter(Predictor):
 
     @property
     def prompt_features(self) -> PromptFeatures:
-        """The first prompt's cached features (all prompts: `prompts_for`)."""
+        """The first prompt's cached features (all prompts: `prompts_for`).
+
+        Raises:
+            InputError: no prompt set.
+        """
         if not self._prompts:
             raise InputError("no prompt set: call set_prompt() with a normal image first")
         return self._prompts[0]
 
     # ------------------------------------------------------------------ queries
     def prompts_for(self, query_features: list[torch.Tensor]) -> list[list[int]]:
-        """Indices of the prompts each query of a batch is compared with."""
+        """Indices of the prompts each query of a batch is compared with.
+
+        Raises:
+            InputError: no prompt set.
+        """
         if not self._prompts:
             raise InputError("no prompt set: call set_prompt() with a normal image first")
         n = query_features[0].shape[0]

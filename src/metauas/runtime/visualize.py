@@ -24,7 +24,11 @@ def _atomic_imwrite(path: Path, image: np.ndarray) -> None:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """uint8/uint16 grey (H,W) or BGR (H,W,3) array -> PNG bytes."""
+    """uint8/uint16 grey (H,W) or BGR (H,W,3) array -> PNG bytes.
+
+    Raises:
+        OSError: OpenCV cannot encode the array.
+    """
     ok, buffer = cv2.imencode(".png", image)
     if not ok:
         raise OSError("PNG encoding failed")
@@ -42,7 +46,11 @@ def save_map_png(anomaly_map: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def read_map_png(path: str | os.PathLike) -> np.ndarray:
-    """Inverse of `save_map_png`: 16-bit PNG -> float32 map in [0,1]."""
+    """Inverse of `save_map_png`: 16-bit PNG -> float32 map in [0,1].
+
+    Raises:
+        OSError: the file cannot be read as an image.
+    """
     values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if values is None:
         raise OSError(f"cannot read {path}")
@@ -69,6 +77,7 @@ def heat_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -
 
 
 def colour_bar(height: int, width: int = 24) -> np.ndarray:
+    """A vertical JET colour bar, (height, width, 3) uint8 RGB, high values (red) at the top."""
     ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(width, axis=1)
     return cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 

@@ -27,6 +27,7 @@ PREVIEW_ROWS = 8
 
 # ------------------------------------------------------------------------------ writing
 def png_bytes(arr: np.ndarray) -> bytes:
+    """PNG file bytes of a uint8 array, (H, W) grey or (H, W, 3) RGB."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -76,6 +77,7 @@ def _float_pair(text: str) -> tuple[float, float]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `synth` subcommand to the `metauas` parser."""
     p = subparsers.add_parser(
         "synth",
         help="write synthetic change pairs (prompt, query, mask) and a preview grid",
@@ -145,6 +147,13 @@ def _make_one(args: tuple[int, int]):  # pragma: no cover - runs in child proces
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    """`metauas synth`: write N synthetic (prompt, query, mask) pairs, pairs.csv, config.json and
+    a preview grid to ``--out``; returns exit status 0.
+
+    Raises:
+        InputError: -n or --workers not positive, ``--out`` not a folder (and the errors of
+            the image sources and the synthesis config).
+    """
     from metauas.synthesis.generator import PairGenerator
     from metauas.synthesis.io import ImageSources
 

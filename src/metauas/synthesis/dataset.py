@@ -73,16 +73,24 @@ class SyntheticPairDataset(Dataset):
 
     @property
     def config(self) -> SynthesisConfig:
+        """The `SynthesisConfig` of the generator."""
         return self.generator.config
 
     def set_epoch(self, epoch: int) -> None:
+        """Switch to epoch `epoch`: item i becomes a pure function of (seed, epoch, i), a fresh set of
+        pairs.
+        """
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.length
 
     def pair(self, index: int) -> ChangePair:
-        """The raw ChangePair of item `index` (uint8 arrays, meta)."""
+        """The raw ChangePair of item `index` (uint8 arrays, meta).
+
+        Raises:
+            IndexError: `index` outside [-len, len).
+        """
         if not -self.length <= index < self.length:
             raise IndexError(index)
         index %= self.length

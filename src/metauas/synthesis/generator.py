@@ -83,7 +83,12 @@ class SynthesisConfig:
     return_aligned: bool = False  # also return the un-warped prompt (tests, previews)
 
     def validate(self) -> "SynthesisConfig":
-        """Raise InputError for values a user could pass that make no sense."""
+        """Raise InputError for values a user could pass that make no sense.
+
+        Raises:
+            InputError: a value outside its range, unknown change types, negative change weights,
+                or all weights 0 while pairs with a change are requested.
+        """
         def unit(name: str, v: float) -> None:
             if not 0.0 <= float(v) <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {v}")
@@ -121,7 +126,11 @@ class SynthesisConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SynthesisConfig":
-        """Build from a (YAML/JSON) dict; unknown keys are an error, lists become tuples."""
+        """Build from a (YAML/JSON) dict; unknown keys are an error, lists become tuples.
+
+        Raises:
+            InputError: unknown keys.
+        """
         names = {f.name for f in fields(cls)}
         bad = set(d) - names
         if bad:
@@ -130,6 +139,7 @@ class SynthesisConfig:
         return cls(**kw).validate()
 
     def to_dict(self) -> dict[str, Any]:
+        """All options as a JSON-ready dict (written to config.json)."""
         return asdict(self)
 
 
@@ -147,7 +157,11 @@ class ChangePair:
 
 def as_rng(seed_or_rng: int | np.random.Generator | np.random.SeedSequence | None
            ) -> np.random.Generator:
-    """An independent numpy Generator (never the global RNG)."""
+    """An independent numpy Generator (never the global RNG).
+
+    Raises:
+        InputError: None instead of a seed or generator.
+    """
     if isinstance(seed_or_rng, np.random.Generator):
         return seed_or_rng
     if seed_or_rng is None:
@@ -193,7 +207,12 @@ class PairGenerator:
     # ------------------------------------------------------------------ public
     def generate(self, seed_or_rng: int | np.random.Generator | np.random.SeedSequence,
                  change_type: str | None = None, max_tries: int = 8) -> ChangePair:
-        """One pair. `change_type` forces a type (one of ALL_TYPES); otherwise it is drawn."""
+        """One pair. `change_type` forces a type (one of ALL_TYPES); otherwise it is drawn.
+
+        Raises:
+            InputError: an unknown `change_type`, or an object change without object sources.
+            MetaUASError: no usable pair after `max_tries` attempts.
+        """
         rng = as_rng(seed_or_rng)
         if change_type is not None and change_type not in ALL_TYPES:
             raise InputError(f"unknown change type {change_type!r}; known: {', '.join(ALL_TYPES)}")
@@ -218,6 +237,9 @@ class PairGenerator:
 
     @property
     def canvas_size(self) -> int:
+        """Side in px of the canvas pairs are synthesised on: the output size plus the context margin
+        on each side (cropped away after misalignment).
+        """
         s = self.config.size
         return s + 2 * int(round(self.config.context_margin * s))
 

@@ -30,6 +30,7 @@ class Misalignment:
 
     @property
     def is_identity(self) -> bool:
+        """True when the transform changes nothing (no rotation, scale, shift or flip)."""
         return (self.angle == 0.0 and self.scale == 1.0 and self.tx == 0.0 and self.ty == 0.0
                 and not self.hflip)
 
@@ -105,6 +106,7 @@ class Photometric:
 
     @property
     def is_identity(self) -> bool:
+        """True when the jitter changes nothing (gamma, contrast and gains 1, brightness 0)."""
         return (self.gamma == 1.0 and self.contrast == 1.0 and self.brightness == 0.0
                 and self.gains == (1.0, 1.0, 1.0))
 

@@ -39,7 +39,11 @@ class ImageRecord:
 
 # ---------------------------------------------------------------------------- discovery
 def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
-    """All image files below `folder`, sorted (sorted order makes sampling reproducible)."""
+    """All image files below `folder`, sorted (sorted order makes sampling reproducible).
+
+    Raises:
+        InputError: the folder does not exist, is not a folder, or holds no images.
+    """
     root = Path(folder)
     if not root.exists():
         raise InputError(f"{what} folder does not exist: {root}")
@@ -105,6 +109,8 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
 
     `min_side`: the caller needs at least this many pixels on the short side, so JPEGs may be
     decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling; several times faster for big photos).
+    Raises:
+        InputError: the file cannot be decoded, or the image is empty or too small.
     """
     path = Path(path)
     img = _open(path)
@@ -123,7 +129,11 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
 
 
 def load_rgba(path: str | Path) -> np.ndarray:
-    """Decode an object cut-out to HxWx4 uint8; the alpha channel is required (it is the mask)."""
+    """Decode an object cut-out to HxWx4 uint8; the alpha channel is required (it is the mask).
+
+    Raises:
+        InputError: the file cannot be decoded, has no alpha channel, or is fully transparent.
+    """
     path = Path(path)
     img = _open(path)
     try:
@@ -183,7 +193,11 @@ def _rle_counts_from_string(s: str) -> list[int]:
 
 
 def decode_segmentation(seg: object, height: int, width: int) -> np.ndarray:
-    """COCO polygon list, uncompressed RLE or compressed RLE -> HxW uint8 {0,1}."""
+    """COCO polygon list, uncompressed RLE or compressed RLE -> HxW uint8 {0,1}.
+
+    Raises:
+        InputError: neither a polygon list nor an RLE dict.
+    """
     if isinstance(seg, list):
         mask = np.zeros((height, width), np.uint8)
         polys = []
@@ -219,6 +233,9 @@ def load_coco_instances(json_path: str | Path, images_dir: str | Path,
 
     Raises InputError when the file is not JSON, lacks `images`/`annotations`, an annotation
     misses `image_id`/`segmentation`, or none of its images exist under `images_dir`.
+    Raises:
+        InputError: the file is missing, unreadable or not a COCO instances file, an image or
+            annotation entry is malformed, or none of its images exist under `images_dir`.
     """
     json_path, images_dir = Path(json_path), Path(images_dir)
     try:
@@ -295,7 +312,11 @@ class ImageSources:
     def from_dirs(cls, photos: str | Path, objects: str | Path | None = None,
                   textures: str | Path | None = None, masks: str | Path | None = None,
                   manifest: str | Path | None = None) -> "ImageSources":
-        """Scan folders. A `manifest.csv` next to the folders (or given) supplies sources."""
+        """Scan folders. A `manifest.csv` next to the folders (or given) supplies sources.
+
+        Raises:
+            InputError: a given manifest does not exist (and `list_images` errors).
+        """
         photos = Path(photos)
         rows: dict[str, dict[str, str]] = {}
         candidates = [Path(manifest)] if manifest else [photos.parent / MANIFEST_NAME,
@@ -331,7 +352,11 @@ class ImageSources:
 
     # ------------------------------------------------------------------ splits
     def subset(self, keep: Iterable[str]) -> "ImageSources":
-        """Only the images whose source is in `keep`."""
+        """Only the images whose source is in `keep`.
+
+        Raises:
+            InputError: no photo comes from the kept sources.
+        """
         keep = set(keep)
         photos = [r for r in self.photos if r.source in keep]
         if not photos:
@@ -351,6 +376,8 @@ class ImageSources:
         whole sources are drawn (deterministically from `seed`) until about `val_fraction` of
         that kind's images are held out; a kind with a single source is split by file instead
         (hash of the file name), so no image is ever in both sets.
+        Raises:
+            InputError: `val_fraction` outside (0, 1), or a split that leaves one side empty.
         """
         if not 0.0 < val_fraction < 1.0:
             raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")

@@ -87,6 +87,9 @@ def get_inpainter(spec: str | Inpainter | None) -> Inpainter:
 
     The plug-in form lets a user with a learned inpainter installed use it without code
     changes here (the factory must return an `Inpainter`).
+    Raises:
+        InputError: an unknown name, a factory that cannot be imported or does not return a
+            callable, or a spec that is not callable.
     """
     if spec is None:
         return OpenCVInpainter()

@@ -7,6 +7,13 @@ __all__ = ["TrainConfig", "change_loss", "train"]
 
 
 def train(*args, **kwargs):  # lazy: keeps `import metauas.training` light
+    """Run (or continue) a training run; see `metauas.training.trainer.train` (imported on first
+    use, so `import metauas.training` stays light).
+
+    Raises:
+        CheckpointError: last.pt or `init_from` does not fit the configured model.
+        InputError: unusable configuration or training images.
+    """
     from metauas.training.trainer import train as _train
 
     return _train(*args, **kwargs)

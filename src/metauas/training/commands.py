@@ -11,6 +11,7 @@ from metauas.training.config import TrainConfig, add_override_arguments, apply_o
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` subcommand (one ``--field`` option per `TrainConfig` field)."""
     parser = subparsers.add_parser(
         "train", help="meta-train MetaUAS on synthetic change pairs",
         description="Train MetaUAS. Multi-process: torchrun --nproc_per_node N -m metauas.cli train ...")
@@ -22,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`metauas train`: the YAML config, then the command-line overrides; prints the run summary
+    as JSON and returns exit status 0.
+
+    Raises:
+        InputError: an unreadable config or invalid override (and the errors of `train`).
+    """
     from metauas.training.trainer import train
 
     config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()

@@ -15,11 +15,18 @@ from metauas.errors import InputError
 from metauas.models.metauas import ModelConfig
 
 _MODEL = ModelConfig()  # defaults of the model fields come from ModelConfig (one source)
-MODEL_FIELDS = ("encoder", "alignment", "fusion", "num_aligned", "decoder_channels", "image_size", "comparison")
+MODEL_FIELDS = ("encoder", "alignment", "fusion", "num_aligned", "decoder_channels", "image_size", "comparison",
+                "patchmatch_weight")
 
 
 @dataclass
 class TrainConfig:
+    """A training run: run folder and budget, the model (`MODEL_FIELDS`, the `ModelConfig` fields
+    with its defaults), optimisation, data and validation/checkpoint cadence.
+
+    Every field can be set in YAML (`from_yaml`) or on the command line (``--field value``,
+    `apply_overrides`); types and ranges are checked by `metauas.schemas.check_train_config`.
+    """
     # run
     run_dir: str = "runs/metauas-lite0-256"
     seed: int = 0
@@ -36,6 +43,9 @@ class TrainConfig:
     decoder_channels: list[int] = field(default_factory=lambda: list(_MODEL.decoder_channels))
     image_size: int = _MODEL.image_size
     comparison: str = _MODEL.comparison  # none (paper) | cosine (explicit comparison signals for the decoder)
+    # map = (1-w) * network + w * patch matching; no parameters, so training is unchanged, but
+    # validation (and best.safetensors selection) measures the fused map and the exports carry w
+    patchmatch_weight: float = _MODEL.patchmatch_weight
     comparison_lr_scale: float = 10.0  # lr multiplier of the (zero-initialised) comparison module
     init_from: str = ""  # safetensors/ckpt to start from (e.g. a lower-resolution stage)
     # optimisation
@@ -81,6 +91,11 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        """Read a YAML file of config fields (others keep their defaults).
+
+        Raises:
+            InputError: missing file, invalid YAML, not a mapping, unknown fields or wrong types.
+        """
         path = Path(path)
         if not path.is_file():
             raise InputError(f"config file not found: {path}")
@@ -97,6 +112,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """A config from a dict of fields; `source` names it in messages.
+
+        Raises:
+            InputError: unknown fields, wrong types or values out of range.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -107,9 +127,11 @@ class TrainConfig:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields as a dict (stored in checkpoints and model cards)."""
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
+        """All fields as YAML, in declaration order (written to RUN/config.yaml)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
@@ -138,6 +160,11 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """`config` with the ``--field value`` options given on the command line applied.
+
+    Raises:
+        InputError: a value that cannot be parsed as the field's type or is out of range.
+    """
     changes = {}
     for f in dataclasses.fields(TrainConfig):
         raw = getattr(args, f"override_{f.name}", None)

@@ -13,6 +13,16 @@ import torch.nn.functional as F
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss (Milletari et al., V-Net, 3DV 2016): mean over the batch of
+    ``1 - (2 |p * t| + s) / (|p| + |t| + s)`` with p = sigmoid(logits).
+
+    Args:
+        logits: (B,1,H,W) float.
+        target: (B,1,H,W) float in {0, 1}.
+        smooth: s, keeps empty masks defined.
+    Returns:
+        scalar tensor in [0, 1].
+    """
     prob = torch.sigmoid(logits).flatten(1)
     target = target.flatten(1)
     inter = (prob * target).sum(1)
@@ -20,6 +30,15 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Binary focal loss (Lin et al., ICCV 2017): mean of ``(1 - p_t) ** gamma * BCE``.
+
+    Args:
+        logits: (B,1,H,W) float.
+        target: (B,1,H,W) float in {0, 1}.
+        gamma: focusing exponent (0 = plain BCE).
+    Returns:
+        scalar tensor >= 0.
+    """
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = torch.exp(-bce)
     return ((1 - p_t) ** gamma * bce).mean()

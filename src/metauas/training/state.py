@@ -29,6 +29,9 @@ class StepSampler(Sampler[int]):
         self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def indices_for_step(self, step: int) -> list[int]:
+        """Dataset indices of this rank's batch at `step`: ``batch_size`` consecutive indices starting
+        at ``(step * world + rank) * batch_size`` (a pure function of the step).
+        """
         first = (step * self.world + self.rank) * self.batch_size
         return list(range(first, first + self.batch_size))
 
@@ -103,6 +106,9 @@ def read_checked_torch(path: Path) -> Any:
 
 def save_training_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: Any, step: int, best: float, config: dict) -> None:
+    """Write everything needed to resume exactly (model, optimiser, scheduler, step, best P-AP,
+    torch RNG state, config) to `path`, atomically.
+    """
     atomic_torch_save({
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -139,6 +145,7 @@ class CsvLog:
         self.path, self.fields = path, fields
 
     def truncate_after(self, step: int) -> None:
+        """Drop the rows of steps after `step` (a resumed run rewrites them)."""
         if not self.path.exists():
             return
         with self.path.open(newline="") as handle:
@@ -154,6 +161,7 @@ class CsvLog:
         os.replace(tmp, self.path)
 
     def append(self, row: dict) -> None:
+        """Append one row (missing fields empty), with the header for a new file; flushed and fsynced."""
         new = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", newline="") as handle:
@@ -165,6 +173,7 @@ class CsvLog:
             os.fsync(handle.fileno())
 
     def rows(self) -> list[dict]:
+        """All rows as dicts of strings ([] when the file does not exist)."""
         if not self.path.exists():
             return []
         with self.path.open(newline="") as handle:

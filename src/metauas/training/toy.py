@@ -13,6 +13,17 @@ from torch.utils.data import Dataset
 
 
 class ToyChangeDataset(Dataset):
+    """Generated change pairs for tests and smoke runs (no image files needed).
+
+    Item i is a pure function of (seed, i): a smooth random colour field (prompt) and the same
+    field with 0-2 filled ellipses of one random colour (query); "prompt" and "query" are
+    (3,S,S) float in [0,1], "mask" (1,S,S) float in {0,1} marks the ellipses.
+
+    Args:
+        size: S in px.
+        length: number of items.
+        seed: base seed.
+    """
     def __init__(self, size: int = 64, length: int = 10_000, seed: int = 0) -> None:
         self.size, self.length, self.seed = size, length, seed
 

@@ -40,7 +40,11 @@ VAL_FIELDS = ["step", "val_loss", "p_auroc", "p_ap", "p_aupro", "elapsed_s"]
 
 # ---------------------------------------------------------------------------- data
 def build_datasets(cfg: TrainConfig, length: int) -> tuple[Dataset, Dataset, dict]:
-    """(train, validation, description of the data sources)."""
+    """(train, validation, description of the data sources).
+
+    Raises:
+        ValueError: an unknown data kind.
+    """
     if cfg.data == "toy":
         from metauas.training.toy import ToyChangeDataset
 
@@ -123,6 +127,11 @@ class ChangeStep(nn.Module):
             return [f.contiguous() for f in net.encode(prepare_input(net, images))]
 
     def forward(self, query: Any, prompt: Any) -> torch.Tensor:
+        """Logits (B,1,S,S) of queries against their prompts.
+
+        Args:
+            query, prompt: (B,3,S,S) images in [0,1], or cached encoder features [f1..f5].
+        """
         m = self.model
         if isinstance(query, torch.Tensor):
             qf, pf = self._encode(query), self._encode(prompt)
@@ -132,6 +141,9 @@ class ChangeStep(nn.Module):
 
 
 def lr_lambda(cfg: TrainConfig):
+    """Learning-rate factor per step for `LambdaLR`: linear warm-up over ``warmup_steps``, then
+    cosine decay to ``min_lr_ratio`` at ``steps``.
+    """
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / max(1, cfg.warmup_steps)
@@ -172,6 +184,9 @@ def parameter_groups(model: MetaUAS, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- validation
 def collate(items: list[dict]) -> dict[str, Any]:
+    """Batch dataset items: tensors stacked, lists of feature tensors stacked level by level,
+    other values (e.g. change types) kept as lists.
+    """
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [it[key] for it in items]
@@ -186,6 +201,24 @@ def collate(items: list[dict]) -> dict[str, Any]:
 
 @torch.no_grad()
 def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Validation loss and pixel metrics of `model` on fixed (query, prompt, mask) pairs.
+
+    The maps are the ones users get: `metauas.runtime.maps.paired_maps`, the steps of
+    `Segmenter.predict_tensor` (temperature and, when ``patchmatch_weight > 0``, the model's
+    patch-matching fusion included), with the eager model in eval mode; the loss is
+    `change_loss` of the same pass's logits. The model's train/eval mode is restored.
+
+    Args:
+        model: the model being trained.
+        pairs: items of the validation set: "query"/"prompt" (3,S,S) float in [0,1], "mask"
+            (1,S,S) in {0,1}.
+        cfg: batch size and loss settings.
+        device: where the model lives.
+    Returns:
+        {"p_auroc", "p_ap", "p_aupro"} (`pixel_metrics`, nan when undefined) and "val_loss"
+        (mean per pair).
+    """
+    from metauas.runtime.maps import paired_maps
     from metauas.training.validation import pixel_metrics
 
     was_training = model.training
@@ -193,10 +226,11 @@ def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.
     probs, masks, losses = [], [], []
     for start in range(0, len(pairs), cfg.batch_size):
         batch = collate(pairs[start:start + cfg.batch_size])
-        logits = ChangeStep(model)(batch["query"].to(device), batch["prompt"].to(device)).float().cpu()
+        out = paired_maps(model, batch["query"].to(device), batch["prompt"].to(device))
+        logits = out.logits.float().cpu()
         losses.append(float(change_loss(logits, batch["mask"], cfg.loss, cfg.dice_weight, cfg.focal_gamma))
                       * len(logits))
-        probs.append(model.probabilities(logits)[:, 0].numpy())  # the model's own map rule (temperature)
+        probs.append(out.anomaly_map.float().cpu()[:, 0].numpy())
         masks.append(batch["mask"][:, 0].numpy())
     model.train(was_training)
     metrics = pixel_metrics(np.concatenate(masks), np.concatenate(probs))
@@ -206,6 +240,9 @@ def validate(model: MetaUAS, pairs: list[dict], cfg: TrainConfig, device: torch.
 
 # ---------------------------------------------------------------------------- export
 def export_model(model: MetaUAS, out_dir: Path, name: str, card: dict, half: bool = False) -> Path:
+    """Write ``out_dir/name.safetensors`` (weights + config, fp16 with `half`) and the model card
+    ``name.json``; returns the safetensors path.
+    """
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -81,14 +81,19 @@ class WebConfig:
 
     @property
     def max_file_bytes(self) -> int:
+        """Largest accepted upload file, in bytes (``max_file_mb`` MiB)."""
         return int(self.max_file_mb * 2**20)
 
     @property
     def max_request_bytes(self) -> int:
+        """Largest accepted request body, in bytes (``max_request_mb`` MiB)."""
         return int(self.max_request_mb * 2**20)
 
 
 class ApiError(Exception):
+    """An error answered as JSON ``{"error": message}`` with HTTP `status` (e.g. 400 for a bad
+    upload, 413 for one too large, 503 when busy).
+    """
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -393,6 +398,9 @@ class SegmentService:
         self.calls = 0
 
     def info(self) -> dict[str, Any]:
+        """What ``GET /api/info`` answers: model name, backend, size, whether the model is untrained,
+        the default threshold, the upload/concurrency limits and the bundled example pairs.
+        """
         c = self.config
         examples = []
         if find_examples_dir() is not None:

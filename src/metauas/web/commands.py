@@ -11,6 +11,7 @@ from metauas.inference.commands import _add_model_options, _probability
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `serve` subcommand to the `metauas` parser."""
     serve = subparsers.add_parser(
         "serve", help="local web page + JSON API for segmenting uploaded images",
         description="Starts a local web app (FastAPI + uvicorn): open http://HOST:PORT/ in a browser; "
@@ -38,7 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_service(args: argparse.Namespace, shots: int = 1):
-    """Segmenter + limits from the command line (shared with the tests)."""
+    """Segmenter + limits from the command line (shared with the tests).
+
+    Raises:
+        InputError: a limit that is not positive (and the engine's errors).
+    """
     from metauas.web.app import LOCAL_HOSTS, SegmentService, WebConfig
 
     active, waiting = getattr(args, "max_active_requests", 2), getattr(args, "max_waiting_requests", 8)
@@ -78,6 +83,13 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """`metauas serve`: start the local web app with uvicorn (blocks until stopped); returns 0.
+
+    Raises:
+        MetaUASError: fastapi/uvicorn/python-multipart are not installed.
+        InputError: a port outside 1..65535, a host that cannot be resolved, an address that
+            is taken or cannot be listened on, or invalid limits.
+    """
     try:
         import uvicorn
 
