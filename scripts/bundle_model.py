@@ -42,6 +42,8 @@ def main() -> int:
                     help="map temperature stored in the model config: anomaly map = sigmoid(logits / T)")
     ap.add_argument("--patchmatch-weight", type=float, default=None,
                     help="fusion weight stored in the model config: map = (1-w) model + w patch matching")
+    ap.add_argument("--patchmatch-neighbourhood", type=int, default=None,
+                    help="PatchCore neighbourhood (odd, 1 = none) averaged before patch matching, stored in the config")
     ap.add_argument("--attach", action="append", default=[], metavar="KEY=FILE",
                     help="add a JSON file to the card under KEY (e.g. realdev=eval/metrics.json)")
     ap.add_argument("--note", action="append", default=[], metavar="KEY=TEXT", help="add a text field to the card")
@@ -60,6 +62,10 @@ def main() -> int:
         model.config.patchmatch_weight = args.patchmatch_weight
         model.config.validate()
         card["model_config"]["patchmatch_weight"] = args.patchmatch_weight
+    if args.patchmatch_neighbourhood is not None:
+        model.config.patchmatch_neighbourhood = args.patchmatch_neighbourhood
+        model.config.validate()
+        card["model_config"]["patchmatch_neighbourhood"] = args.patchmatch_neighbourhood
     if args.temperature is not None:
         model.config.temperature = args.temperature
         model.config.validate()

@@ -12,7 +12,7 @@ from metauas.inference import Segmenter
 from metauas.inference.export import OnnxExportConfig, export_onnx
 from metauas.inference.onnx_backend import OnnxRunner
 from metauas.models import MetaUAS, ModelConfig, load_checkpoint, save_safetensors
-from metauas.models.comparison import nearest_cosine_distance, patchmatch_map
+from metauas.models.comparison import nearest_cosine_distance, neighbourhood_average, patchmatch_map
 from metauas.training.config import TrainConfig
 from metauas.training.trainer import build_model_from_config, parameter_groups
 
@@ -75,7 +75,7 @@ def test_fusion_and_temperature_follow_their_formula():
 
 
 def test_config_round_trip_and_segmenter_onnx_parity(tmp_path):
-    model = lite(comparison="cosine", patchmatch_weight=0.3, temperature=1.5)
+    model = lite(comparison="cosine", patchmatch_weight=0.3, temperature=1.5, patchmatch_neighbourhood=3)
     with torch.no_grad():
         model.comparison.head.weight.normal_(0, 0.5)
         for conv in model.comparison.inject.values():
@@ -83,6 +83,7 @@ def test_config_round_trip_and_segmenter_onnx_parity(tmp_path):
     path = save_safetensors(model, tmp_path / "m.safetensors")
     loaded = load_checkpoint(path).eval()
     assert asdict(loaded.config)["patchmatch_weight"] == 0.3 and loaded.config.comparison == "cosine"
+    assert loaded.config.patchmatch_neighbourhood == 3
     q, p = images(3, 5), images(1, 6)
     with torch.no_grad():
         expected = model(q, p.expand(3, -1, -1, -1))
@@ -110,7 +111,30 @@ def test_eval_network_method_drops_only_the_fusion():
     assert model.config.patchmatch_weight == 0.5  # restored
 
 
+def test_neighbourhood_average_is_the_local_mean_and_feeds_patch_matching():
+    f = torch.rand(2, 3, 4, 6, 5, generator=torch.Generator().manual_seed(9))  # (B, K, C, h, w)
+    avg = neighbourhood_average(f, 3)
+    assert avg.shape == f.shape
+    assert torch.allclose(avg[1, 2, :, 2, 3], f[1, 2, :, 1:4, 2:5].mean(dim=(-2, -1)), atol=1e-6)
+    assert torch.allclose(avg[0, 0, :, 0, 0], f[0, 0, :, 0:2, 0:2].mean(dim=(-2, -1)), atol=1e-6)  # border
+    assert neighbourhood_average(f, 1) is f
+    for bad in (0, 2, -1):
+        with pytest.raises(ValueError, match="odd"):
+            neighbourhood_average(f, bad)
+    model = lite(comparison="cosine", patchmatch_weight=1.0, patchmatch_neighbourhood=3)
+    q, p = images(2, 10), images(1, 11)
+    with torch.no_grad():
+        qf, pf = model.encode(q), model.encode(p)
+        plain, pooled = patchmatch_map(qf, pf, (SIZE, SIZE)), patchmatch_map(qf, pf, (SIZE, SIZE), neighbourhood=3)
+        assert float((plain - pooled).abs().max()) > 1e-3  # the option changes the map
+        assert float((model.anomaly_map(qf, model.prepare_prompt(p)) - pooled).abs().max()) < 1e-6
+        assert float(patchmatch_map(pf, pf, (SIZE, SIZE), neighbourhood=3).abs().max()) < 1e-5  # identical: 0
+    with pytest.raises(ValueError, match="patchmatch_neighbourhood"):
+        ModelConfig(patchmatch_neighbourhood=2).validate()
+
+
 @pytest.mark.parametrize("field,value", [("patchmatch_weight", 2.0), ("patchmatch_weight", "0.5"),
+                                         ("patchmatch_neighbourhood", 4), ("patchmatch_neighbourhood", 3.0),
                                          ("temperature", 0.0), ("comparison", "l2")])
 def test_model_metadata_of_the_new_fields_is_checked(field, value):
     from metauas.errors import CheckpointError

@@ -264,3 +264,6 @@ def test_patchmatch_weight_in_the_training_config_is_checked(tmp_path):
     assert TrainConfig.from_dict({"patchmatch_weight": 0.8}).model_config().patchmatch_weight == 0.8
     with pytest.raises(InputError, match="patchmatch_weight"):
         TrainConfig.from_dict({"patchmatch_weight": 1.5})
+    assert TrainConfig.from_dict({"patchmatch_neighbourhood": 3}).model_config().patchmatch_neighbourhood == 3
+    with pytest.raises(InputError, match="patchmatch_neighbourhood"):
+        TrainConfig.from_dict({"patchmatch_neighbourhood": 2})

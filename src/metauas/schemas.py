@@ -85,6 +85,9 @@ def check_model_config(data: Any, source: str) -> dict[str, Any]:
         w = data["patchmatch_weight"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
             raise bad("patchmatch_weight", f"must be a number from 0 to 1, got {str(w)[:40]}")
+    if "patchmatch_neighbourhood" in data and (not _is_int(data["patchmatch_neighbourhood"])
+                                               or data["patchmatch_neighbourhood"] not in (1, 3, 5, 7)):
+        raise bad("patchmatch_neighbourhood", f"must be 1, 3, 5 or 7, got {str(data['patchmatch_neighbourhood'])[:40]}")
     if "temperature" in data:
         t = data["temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.05 <= float(t) <= 100.0:
@@ -206,6 +209,9 @@ def check_train_config(data: Mapping[str, Any], defaults: Any, source: str) -> N
         raise InputError(f"{source}: image_size must be a multiple of 32, got {data['image_size']}")
     if "patchmatch_weight" in data and not 0.0 <= data["patchmatch_weight"] <= 1.0:
         raise InputError(f"{source}: patchmatch_weight must be from 0 to 1, got {data['patchmatch_weight']}")
+    if "patchmatch_neighbourhood" in data and data["patchmatch_neighbourhood"] not in (1, 3, 5, 7):
+        raise InputError(f"{source}: patchmatch_neighbourhood must be 1, 3, 5 or 7, "
+                         f"got {data['patchmatch_neighbourhood']}")
     if "decoder_channels" in data:
         check_model_config({"decoder_channels": data["decoder_channels"]}, source)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["COMPARISON_TYPES", "COMPARISON_LEVELS", "PATCHMATCH_LEVELS", "nearest_cosine_distance",
-           "aligned_cosine_distance", "patchmatch_map", "Comparison"]
+           "aligned_cosine_distance", "patchmatch_map", "neighbourhood_average", "Comparison"]
 
 COMPARISON_TYPES: tuple[str, ...] = ("none", "cosine")
 COMPARISON_LEVELS: tuple[int, ...] = (3, 4, 5)
@@ -72,8 +72,33 @@ def nearest_cosine_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: in
 PATCHMATCH_LEVELS: tuple[int, ...] = (3, 4)
 
 
+def neighbourhood_average(features: torch.Tensor, size: int) -> torch.Tensor:
+    """Local neighbourhood aggregation of patch features (PatchCore, Roth et al. CVPR 2022, Eq. 2).
+
+    Every position becomes the mean of its ``size`` x ``size`` neighbourhood (stride 1, border
+    positions average only the positions inside the map), which makes a patch feature describe
+    its surroundings and so tolerate small shifts and texture noise.
+
+    Args:
+        features: (B, C, h, w) or (B, K, C, h, w) features.
+        size: odd neighbourhood side in positions; 1 returns ``features`` unchanged.
+    Returns:
+        A tensor of the same shape as ``features``.
+    Raises:
+        ValueError: when ``size`` is not a positive odd integer.
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"neighbourhood size must be a positive odd integer, got {size}")
+    if size == 1:
+        return features
+    flat = features.flatten(0, 1) if features.dim() == 5 else features
+    pooled = F.avg_pool2d(flat, size, stride=1, padding=size // 2, count_include_pad=False)
+    return pooled.view(features.shape)
+
+
 def patchmatch_map(query_features: Sequence[torch.Tensor], prompt_features: Sequence[torch.Tensor],
-                   size: tuple[int, int], levels: Sequence[int] = PATCHMATCH_LEVELS) -> torch.Tensor:
+                   size: tuple[int, int], levels: Sequence[int] = PATCHMATCH_LEVELS,
+                   neighbourhood: int = 1) -> torch.Tensor:
     """Training-free one-shot patch-matching anomaly map (PatchCore's score, Roth et al. 2022).
 
     Per level: `nearest_cosine_distance` of every query position to the prompt(s), upsampled
@@ -83,10 +108,16 @@ def patchmatch_map(query_features: Sequence[torch.Tensor], prompt_features: Sequ
         query_features: encoder features f0..f5 of the queries, f_l (B, C, h, w).
         prompt_features: f0..f5 of the prompt(s): (B|1, C, h, w) or (B|1, K, C, h, w).
         size: output (H, W).
+        levels: encoder levels compared (default f3, f4).
+        neighbourhood: odd side of the PatchCore neighbourhood averaged at every position of
+            query and prompt features before matching (`neighbourhood_average`); 1 = none.
     Returns:
         (B, 1, H, W) float32 in [0, 1]; 0 where the query equals a prompt.
+    Raises:
+        ValueError: prompt and query features that do not fit, or a bad ``neighbourhood``.
     """
-    maps = [F.interpolate(nearest_cosine_distance(query_features[level], prompt_features[level]),
+    maps = [F.interpolate(nearest_cosine_distance(neighbourhood_average(query_features[level], neighbourhood),
+                                                  neighbourhood_average(prompt_features[level], neighbourhood)),
                           size=tuple(size), mode="bilinear", align_corners=False) for level in levels]
     return (0.5 * torch.stack(maps, dim=0).mean(dim=0)).clamp(0.0, 1.0)
 

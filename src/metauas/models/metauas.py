@@ -32,6 +32,8 @@ class ModelConfig:
         comparison: "none" (paper) or "cosine" (explicit comparison signals).
         temperature: map = sigmoid(logits / temperature), in [0.05, 100] (1 = paper).
         patchmatch_weight: map = (1-w) * network + w * patch matching, w in [0, 1].
+        patchmatch_neighbourhood: odd side (1..7) of the PatchCore neighbourhood averaged
+            before patch matching (`metauas.models.comparison.neighbourhood_average`); 1 = none.
     """
     encoder: str = "efficientnet-lite0"
     alignment: str = "sa"  # sa (soft, paper) | ha (hard) | na (none)
@@ -43,14 +45,15 @@ class ModelConfig:
     comparison: str = "none"  # none (paper) | cosine (explicit comparison signals, models/comparison.py)
     temperature: float = 1.0  # anomaly map = sigmoid(logits / temperature) (calibration; 1 = paper)
     patchmatch_weight: float = 0.0  # anomaly map = (1-w) * model + w * patch matching (0 = model only)
+    patchmatch_neighbourhood: int = 1  # PatchCore neighbourhood averaged before patch matching (1 = none)
 
     def validate(self) -> None:
         """Check every field.
 
         Raises:
             ValueError: unknown encoder/alignment/fusion/comparison, num_aligned outside 0..5,
-                image_size not a multiple of 32, patchmatch_weight outside [0, 1] or temperature
-                outside [0.05, 100].
+                image_size not a multiple of 32, patchmatch_weight outside [0, 1],
+                patchmatch_neighbourhood not an odd integer in 1..7 or temperature outside [0.05, 100].
         """
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; available: {sorted(ENCODERS)}")
@@ -64,6 +67,8 @@ class ModelConfig:
             raise ValueError(f"image_size must be a multiple of {STRIDE}")
         if not 0.0 <= float(self.patchmatch_weight) <= 1.0:
             raise ValueError(f"patchmatch_weight must be in [0, 1], got {self.patchmatch_weight}")
+        if self.patchmatch_neighbourhood not in (1, 3, 5, 7):
+            raise ValueError(f"patchmatch_neighbourhood must be 1, 3, 5 or 7, got {self.patchmatch_neighbourhood}")
         if not 0.05 <= float(self.temperature) <= 100.0:
             raise ValueError(f"temperature must be in [0.05, 100], got {self.temperature}")
         if self.comparison not in COMPARISON_TYPES:
@@ -242,7 +247,8 @@ class MetaUAS(nn.Module):
         ``(1 - w) * sigmoid(logits / T) + w * patchmatch`` with ``w = config.patchmatch_weight``
         (default 0: the network alone) and ``T = config.temperature``; the patch-matching map
         is `metauas.models.comparison.patchmatch_map` on the same encoder features (PatchCore's
-        nearest-neighbour distance, Roth et al. 2022), so the fusion costs no extra encoder pass.
+        nearest-neighbour distance after ``config.patchmatch_neighbourhood`` averaging, Roth et
+        al. 2022), so the fusion costs no extra encoder pass.
 
         Raises:
             ValueError: a prompt batch that cannot be broadcast to the query batch.
@@ -269,7 +275,8 @@ class MetaUAS(nn.Module):
         if w == 0.0:
             return probs
         features = prompt.expand_to(query_features[0].shape[0]).features
-        pm = patchmatch_map(query_features, features, tuple(logits.shape[-2:])).to(probs.dtype)
+        pm = patchmatch_map(query_features, features, tuple(logits.shape[-2:]),
+                            neighbourhood=int(self.config.patchmatch_neighbourhood)).to(probs.dtype)
         return (1.0 - w) * probs + w * pm
 
     def forward(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
