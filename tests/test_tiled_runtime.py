@@ -180,7 +180,7 @@ def test_default_batch_comes_from_the_memory_budget(size, budget):
 
 
 def test_memory_budget_picks_smaller_batches_for_bigger_inputs_and_explicit_wins():
-    batches = [CountingPredictor(s).auto_batch() for s in (256, 640, 1024)]
+    batches = [CountingPredictor(s).auto_batch() for s in (256, 768, 1024)]
     assert batches[0] > batches[1] > batches[2] == 1
     assert CountingPredictor(1024, memory_budget=8).auto_batch() > 1
     explicit = CountingPredictor(1024, batch_size=3)
@@ -265,3 +265,18 @@ def test_eval_tile_auto_replaces_the_maps_of_large_images(tmp_path, model):
     assert off["mean"] != on["mean"]  # 128-px images are 2x the model size: tiled
     with pytest.raises(InputError):
         run_evaluation(EvalConfig(out=tmp_path / "pm", tile="auto", method="patchmatch", **cfg), model=model)
+
+
+def test_onnx_backend_tiles_through_the_same_loop(tmp_path, model):
+    pytest.importorskip("onnxruntime")
+    from metauas.runtime import OnnxSegmenter
+    from metauas.runtime.export import OnnxExportConfig, export_onnx
+
+    export_onnx(model, tmp_path / "onnx", OnnxExportConfig(size=S), model_name="tiny", verify=False)
+    prompt = texture(160, 160, 13)
+    query = with_defect(prompt, 50, 50)
+    seg = OnnxSegmenter(tmp_path / "onnx", tile="auto")
+    seg.set_prompt(prompt)
+    result = seg.segment_one(query)
+    expected = tiled_anomaly_map(query, prompt, model_predictor(model), tile_size=S, prompt_mode="center")
+    assert result.tile == S and np.abs(result.anomaly_map - expected).max() <= 1e-4

@@ -85,7 +85,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for inference (default: one per core)")
     parser.add_argument("--batch-size", type=_positive_int, default=None,
                         help="query images (or tiles) per model call (default: as many as fit --memory-budget, "
-                             "at most 8)")
+                             "at most 4)")
     parser.add_argument("--memory-budget", type=_gib, default=2.0, metavar="GIB",
                         help="peak memory the default batch size aims to stay under, in GiB (default 2)")
     parser.add_argument("--tile", type=_tile, default="off", metavar="auto|off|N",

@@ -39,7 +39,13 @@ from metauas.tiling import Predict, auto_batch_size, should_tile, tiled_anomaly_
 
 MAX_KSHOT = 16  # prompts compared with every query in k-shot mode; more: a prompt pool
 DEFAULT_MEMORY_BUDGET_GIB = 2.0
-DEFAULT_MAX_BATCH = 8  # upper limit of the automatic batch size (memory only lowers it)
+# Upper limit of the automatic batch size (memory only lowers it). benchmarks/throughput.py, 50
+# queries of 512 x 512 through `metauas segment` on a shared 2-core machine, median of 3
+# interleaved rounds (benchmarks/results/throughput_batch_sizes.json): --batch-size 1, 2, 4 took
+# 12.7, 13.3, 13.1 s (within the noise), 8 took 16.4 s; with this limit (throughput.json) the
+# default took 11.4 s, --batch-size 1 11.8 s, 8 13.8 s. 4 keeps the memory budget meaningful
+# (4 at 640 px, 3 at 768, 1 at 1024 under 2 GiB) at no measured cost against 1.
+DEFAULT_MAX_BATCH = 4
 TILE_MODES = ("off", "auto")
 
 
@@ -192,7 +198,7 @@ class Predictor:
 
     def auto_batch(self) -> int:
         """Queries per model call under the memory budget: `metauas.tiling.auto_batch_size` of
-        one S x S model input, at most `DEFAULT_MAX_BATCH` (8 at S=256 and 2 GiB, 1 at 1024)."""
+        one S x S model input, at most `DEFAULT_MAX_BATCH` (4 at S=256 and 2 GiB, 1 at 1024)."""
         return auto_batch_size(self.size, self.size, self.budget_bytes, DEFAULT_MAX_BATCH)
 
     # ------------------------------------------------------------------ prompts
@@ -310,7 +316,8 @@ class Predictor:
         full: np.ndarray | None = None
         for i in ids:
             part = tiled_anomaly_map(query, self._prompt_rgb(i), predict, tile_size=self.size, prompt_mode=mode,
-                                     batch_size=self.batch_size, budget_bytes=self.budget_bytes)
+                                     batch_size=self.batch_size, budget_bytes=self.budget_bytes,
+                                     max_batch=DEFAULT_MAX_BATCH)
             full = part if full is None else np.minimum(full, part, out=full)
         if query is not image.rgb:
             full = to_original_size(torch.from_numpy(full)[None], (h, w))
