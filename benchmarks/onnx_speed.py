@@ -5,19 +5,25 @@ onnxruntime, all with the prompt encoded once (so each query = encoder + alignme
 Times `predict` on model-sized batches (no image decoding or resizing), median ms per query
 over several alternating rounds so background load on a shared machine hits all backends
 alike. Weights: ImageNet encoders where available (Lite0), seeded random decoder; B4 is a
-seeded random init (speed does not depend on the values). max_abs_diff = ONNX vs eager.
+seeded random init (speed does not depend on the values). A bundled model name in --encoders
+(e.g. metauas-lite0-256, the shipped default) runs that model with its trained weights.
+max_abs_diff = ONNX vs eager.
 
     python benchmarks/onnx_speed.py                       # lite0 + b4 at 256, batch 1 and 8
     python benchmarks/onnx_speed.py --encoders efficientnet-lite0 --batches 1 --json
+    python benchmarks/onnx_speed.py --encoders metauas-lite0-256 --batches 1 \
+        --out benchmarks/results/shipped_speed.json    # README speed table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,10 +43,13 @@ def bench(encoder: str, size: int, batch: int, threads: int, reps: int, rounds: 
     from metauas.inference.export import OnnxExportConfig, export_onnx
     from metauas.inference.onnx_backend import OnnxRunner
     from metauas.inference.segmenter import Segmenter
-    from metauas.models import build_model
+    from metauas.models import available_models, build_model, load_model
 
     torch.manual_seed(0)
-    model = build_model(encoder, pretrained=True, image_size=size).eval()
+    if encoder in available_models():  # a bundled model: its trained weights
+        model = load_model(encoder).eval()
+    else:
+        model = build_model(encoder, pretrained=True, image_size=size).eval()
     gen = torch.Generator().manual_seed(0)
     prompt = torch.rand(1, 3, size, size, generator=gen)
     queries = torch.rand(batch, 3, size, size, generator=gen)
@@ -84,12 +93,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", default=None, help="also write the JSON report to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [bench(e, args.size, b, args.threads, args.reps, args.rounds) for e in args.encoders for b in args.batches]
+    report = {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_end": list(os.getloadavg()),
+              "results": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
-        print(json.dumps({"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-                          "results": rows}, indent=2))
+        print(json.dumps(report, indent=2))
         return
     print(f"{'encoder':<20}{'size':>5}{'batch':>6}{'eager ms':>10}{'fast ms':>9}{'onnx ms':>9}"
           f"{'x eager':>8}{'x fast':>8}{'max diff':>10}")

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
+from pathlib import Path
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -168,6 +169,27 @@ def test_prompt_pool_mode_compares_each_query_with_its_most_similar_prompt(base,
         assert r["score"] == pytest.approx(expected_scores(model, good, [good])[0], abs=1e-6)
     status, data, _ = post(base, files[:1] + files[2:3], {"prompt_mode": "best"})
     assert status == 400 and "prompt_mode" in data["error"]
+
+
+def test_tile_option_tiles_large_queries_per_request(base, model):
+    prompt = texture(160, 160, 21)
+    query = prompt.copy()
+    query[100:108, 40:48] = (250, 10, 10)
+    files = [("prompt", "p.png", png_bytes(prompt)), ("query", "q.png", png_bytes(query))]
+    status, data, _ = post(base, files, {"tile": "auto"})
+    assert status == 200, data
+    assert data["tile"] == "auto" and data["results"][0]["tile"] == 64
+    seg = Segmenter(model, tile="auto")
+    seg.set_prompt(prompt)
+    assert data["results"][0]["score"] == pytest.approx(seg.segment_one(query).score, abs=1e-6)
+    status, data, _ = post(base, files)  # no field: the server's own setting (off)
+    assert status == 200 and data["tile"] == "off" and data["results"][0]["tile"] is None
+    assert data["results"][0]["score"] == pytest.approx(expected_scores(model, prompt, [query])[0], abs=1e-6)
+    status, data, _ = post(base, files, {"tile": "huge"})
+    assert status == 400 and "tile" in data["error"]
+    page = (Path(__file__).resolve().parents[1] / "src/metauas/web/static")
+    assert 'id="tile-mode"' in (page / "index.html").read_text()
+    assert '"tile"' in (page / "app.js").read_text()
 
 
 def test_segment_zip_download(base):

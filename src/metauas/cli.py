@@ -1,7 +1,9 @@
 """`metauas` command line. Each area registers its own sub-commands (see COMMAND_MODULES).
 
 A module in COMMAND_MODULES exposes `register(subparsers) -> None`; each sub-parser sets
-`func=callable(args) -> int`. Errors derived from MetaUASError (and common OS errors) are
+`func=callable(args) -> int`. When the first argument names a command (`COMMANDS`), only that
+command's module is imported: `metauas segment` does not import evaluation (scipy), synthesis
+or training code (start-up time, issue 13). Errors derived from MetaUASError (and common OS errors) are
 printed as one line with a non-zero exit code, never as a traceback.
 """
 
@@ -27,22 +29,26 @@ COMMAND_MODULES = (
     "metauas.training.commands",  # train
     "metauas.web.commands",  # serve
 )
+COMMANDS = {"segment": 0, "calibrate": 0, "export": 0, "info": 0, "synth": 1, "eval": 2, "make-dataset": 2,
+            "train": 3, "serve": 4}  # command -> index into COMMAND_MODULES
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `metauas` argument parser with one subcommand per module of COMMAND_MODULES (modules of
-    areas that are not installed are left out).
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `metauas` argument parser: one subcommand per module of COMMAND_MODULES, or only
+    ``command``'s module when it is known (keeps start-up small); modules of areas that are not
+    installed are left out.
 
     Raises:
         ModuleNotFoundError: a command module fails to import because of another missing module.
     """
+    modules = [COMMAND_MODULES[COMMANDS[command]]] if command in COMMANDS else COMMAND_MODULES
     parser = argparse.ArgumentParser(
         prog="metauas",
         description="Universal anomaly segmentation from one normal image (MetaUAS).",
     )
     parser.add_argument("--version", action="version", version=f"metauas {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
+    for module_name in modules:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -62,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         the exit status: the command's (0 success, 1 partial, e.g. skipped queries), 2 for a
         usage or input error (message on stderr), 130 when interrupted.
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

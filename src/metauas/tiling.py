@@ -237,7 +237,7 @@ def _batches(items: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:
 def tiled_anomaly_map(query: np.ndarray | torch.Tensor, prompt: np.ndarray | torch.Tensor, predict: Predict,
                       tile_size: int = 256, overlap: float = DEFAULT_OVERLAP, margin: int = DEFAULT_MARGIN,
                       prompt_mode: str = "native", batch_size: int | None = None,
-                      budget_bytes: int = DEFAULT_BUDGET_BYTES) -> np.ndarray:
+                      budget_bytes: int = DEFAULT_BUDGET_BYTES, max_batch: int | None = None) -> np.ndarray:
     """Full-resolution anomaly map of a large query from overlapping model-sized tiles.
 
     Args:
@@ -255,6 +255,7 @@ def tiled_anomaly_map(query: np.ndarray | torch.Tensor, prompt: np.ndarray | tor
         batch_size: tiles per ``predict`` call; None: `auto_batch_size` of one tile's pixels
             (query plus prompt window) under ``budget_bytes`` less the images and buffers.
         budget_bytes: memory budget used when ``batch_size`` is None.
+        max_batch: upper limit of that automatic batch (default `MAX_AUTO_BATCH`).
     Returns:
         (H, W) float32 map in [0, 1] at the query's resolution.
     Raises:
@@ -282,7 +283,7 @@ def tiled_anomaly_map(query: np.ndarray | torch.Tensor, prompt: np.ndarray | tor
                                                query.element_size() * query.numel())
         # a tile costs one query and one prompt encoding: count both inputs' pixels
         batch_size = auto_batch_size(tile_size, tile_size + window * window // tile_size,
-                                     max(budget_bytes - fixed, 1))
+                                     max(budget_bytes - fixed, 1), max_batch or MAX_AUTO_BATCH)
     total = torch.zeros(padded_h, padded_w, dtype=torch.float32)
     weight_sum = torch.zeros(padded_h, padded_w, dtype=torch.float32)
     for group in _batches(tiles, batch_size):

@@ -45,7 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", required=True, help="output folder")
     ev.add_argument("--save-maps", action="store_true", help="also write heat-map overlays (first seed)")
     ev.add_argument("--no-resume", action="store_true", help="recompute every category")
-    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    ev.add_argument("--tile", default="off", metavar="auto|off|N",
+                    help="auto: test images at least twice --size are segmented in tiles at their own scale "
+                         "(as `metauas segment --tile auto`), maps then resized to --size for the metrics; "
+                         "N: tiles of N px; off (default)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=run_eval)
 
@@ -73,20 +77,22 @@ def run_eval(args: argparse.Namespace) -> int:
     the mean metrics as JSON on stderr); returns exit status 0.
 
     Raises:
-        InputError: invalid options or data set (from `EvalConfig.validate` and the readers).
+        InputError: invalid options (e.g. ``--threads`` below 1) or data set (from
+            `EvalConfig.validate` and the readers).
     """
-    import torch
-
     from metauas.evaluation.runner import EvalConfig, run_evaluation
+    from metauas.runtime.predictor import check_tile
+    from metauas.threads import configure_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    configure_threads(args.threads)
     cfg = EvalConfig(
         dataset=args.dataset, root=Path(args.root), out=Path(args.out), categories=args.categories,
         prompt=args.prompt, k=args.k, seeds=tuple(args.seeds), model=args.model, size=args.size,
         method=args.method, protocol=args.protocol, save_maps=args.save_maps, batch_size=args.batch_size,
         meta_dir=Path(args.meta_dir) if args.meta_dir else None, fusion_weight=args.fusion_weight,
-        resume=not args.no_resume, progress=not args.quiet,
+        resume=not args.no_resume, progress=not args.quiet, tile=check_tile(args.tile),
     )
     report = run_evaluation(cfg)
     print((Path(args.out) / "metrics.md").read_text(encoding="utf-8"))

@@ -63,6 +63,7 @@ class EvalConfig:
     batch_size: int = 8
     meta_dir: Path | None = None
     fusion_weight: float = 0.5  # best+: weight of the patch-matching map
+    tile: str | int = "off"  # tiled maps for large test images (metauas.runtime.predictor.check_tile)
     resume: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +96,8 @@ class EvalConfig:
             raise InputError("fusion weight must be in [0, 1]")
         if self.method != "metauas" and self.prompt == "best+":
             raise InputError("--prompt best+ fuses the model with patch matching; use --method metauas")
+        if self.tile != "off" and (self.method != "metauas" or self.prompt == "best+"):
+            raise InputError("--tile needs --method metauas and a prompt strategy other than best+")
 
     def run_seeds(self) -> list[int]:
         """Seeds that change the outcome: none for the deterministic 'best' strategies."""
@@ -284,6 +287,47 @@ def _save_overlays(out_dir: Path, loaded: _LoadedCategory, maps: np.ndarray) -> 
                      title=f"{s.defect} {Path(s.path).name} score={float(amap.max()):.3f}")
 
 
+def _tile_and_score(cfg: EvalConfig, model: torch.nn.Module, loaded: _LoadedCategory, maps: np.ndarray,
+                    prompt_images: "_PromptImages", shared: list[Path] | None,
+                    ranked: list[list[Path]] | None) -> np.ndarray | None:
+    """Image scores of ``maps`` (N, S, S); with ``cfg.tile`` on, the maps of large test images
+    are first replaced (in place) by their tiled maps (pixel-wise minimum over the query's
+    prompts, resized to S) and scored as `metauas segment --tile` scores them
+    (`metauas.scoring.tiled_image_score` of the full-resolution map). The baseline keeps the
+    map maximum (None)."""
+    if cfg.method == "patchmatch":
+        return None
+    scores = image_scores(maps)
+    if cfg.tile == "off":
+        return scores
+    from metauas.scoring import tiled_image_score
+    from metauas.tiling import model_predictor, should_tile, tiled_anomaly_map
+
+    predict = None
+    for i, sample in enumerate(loaded.samples):
+        rgb = _load_rgb(Path(sample.path))
+        h, w = rgb.shape[:2]
+        side = cfg.size if cfg.tile == "auto" else int(cfg.tile)
+        if (cfg.tile == "auto" and not should_tile(h, w, cfg.size)) or max(h, w) <= side:
+            continue
+        if side != cfg.size:  # N-px tiles: the image at scale S / N, tiled at S
+            t = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float(), antialias=True, mode="bilinear",
+                              size=(round(h * cfg.size / side), round(w * cfg.size / side)), align_corners=False)
+            rgb = t[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        predict = predict or model_predictor(model)
+        full = None
+        for path in (shared if shared is not None else ranked[i]):  # type: ignore[index]
+            part = tiled_anomaly_map(rgb, _load_rgb(Path(path)), predict, tile_size=cfg.size)
+            full = part if full is None else np.minimum(full, part)
+        full_t = torch.from_numpy(full)[None, None]
+        if full_t.shape[-2:] != (h, w):
+            full_t = F.interpolate(full_t, size=(h, w), mode="bilinear", align_corners=False)
+        scores[i] = tiled_image_score(full_t[0, 0], side)
+        maps[i] = F.interpolate(full_t, size=(cfg.size, cfg.size), mode="bilinear", align_corners=False,
+                                antialias=True)[0, 0].numpy()
+    return scores
+
+
 def _run_category(cfg: EvalConfig, data: BenchmarkData, cat: CategoryData, model: torch.nn.Module,
                   model_id: str, state: dict, state_path: Path) -> dict:
     from tqdm import tqdm
@@ -348,7 +392,7 @@ def _run_category(cfg: EvalConfig, data: BenchmarkData, cat: CategoryData, model
             with torch.inference_mode():
                 maps[i:i + q.shape[0]] = predict_maps(model, q, p, cfg.method, fusion).cpu().numpy()
         # the product's image score for the model (metauas.scoring); the baseline keeps the map maximum
-        scores = image_scores(maps) if cfg.method != "patchmatch" else None
+        scores = _tile_and_score(cfg, model, loaded, maps, prompt_images, shared, ranked)
         metrics = evaluate(loaded.masks, list(maps), labels=loaded.labels, protocol=cfg.protocol,
                            image_scores=scores)
         state["seeds"][str(seed)] = {

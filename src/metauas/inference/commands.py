@@ -52,6 +52,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of GiB, got {text}")
+    return value
+
+
+def _tile(text: str) -> str | int:
+    from metauas.runtime.predictor import check_tile
+
+    try:
+        return check_tile(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="NAME|PATH",
                         help="bundled model name or checkpoint file (.safetensors, official .ckpt)")
@@ -62,8 +81,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", default=None, metavar="DIR",
                         help="ONNX export folder (from `metauas export`) for --backend onnxruntime; "
                              "default: export once into the user cache")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="query images per model call")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU threads for inference (default: one per core)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="query images (or tiles) per model call (default: as many as fit --memory-budget, "
+                             "at most 4)")
+    parser.add_argument("--memory-budget", type=_gib, default=2.0, metavar="GIB",
+                        help="peak memory the default batch size aims to stay under, in GiB (default 2)")
+    parser.add_argument("--tile", type=_tile, default="off", metavar="auto|off|N",
+                        help="auto: segment queries at least twice the model size in overlapping tiles at "
+                             "their own scale (finds small defects in large images; see docs/highres.md); "
+                             "N: tiles of N px resized to the model size; off (default): resize whole images")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -127,6 +155,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", default=None, metavar="DIR", help="output folder (default: onnx-<model>-<size>)")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     exp.add_argument("--no-verify", action="store_true", help="skip the PyTorch/onnxruntime parity check")
+    exp.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: one per core)")
     exp.set_defaults(func=run_export)
 
     info = subparsers.add_parser("info", help="models available offline, encoders, versions")
@@ -152,9 +181,11 @@ def load_model_or_untrained(name: str | None):
 
 
 def build_engine(args: argparse.Namespace, shots: int) -> Engine:
-    """`open_engine` from the --model/--backend/--onnx/--size/--threads/--batch-size options."""
+    """`open_engine` from the --model/--backend/--onnx/--size/--threads/--batch-size/--tile/
+    --memory-budget options."""
     return open_engine(model=args.model, backend=args.backend, size=args.size, shots=shots, onnx_dir=args.onnx,
-                       threads=args.threads, batch_size=args.batch_size)
+                       threads=args.threads, batch_size=args.batch_size, tile=getattr(args, "tile", "off"),
+                       memory_budget=getattr(args, "memory_budget", 2.0))
 
 
 def _warn(text: str) -> None:
@@ -278,7 +309,8 @@ def _segment_locked(args: argparse.Namespace, prompts: list[Path], resolved, nam
     bar = tqdm(total=len(resolved.paths), unit="img", desc="segment", file=sys.stderr,
                disable=True if args.quiet else None, dynamic_ncols=True)
     try:
-        run = segment_files(engine, resolved.paths, names, writer, progress=bar.update)
+        run = segment_files(engine, resolved.paths, names, writer, progress=bar.update,
+                            notice=lambda text: print(f"metauas: hint: {text}", file=sys.stderr))
         writer.write_tables(summary(engine, prompts, _prompt_mode(args, len(prompts)), thresholds, source,
                                     _finish(run, started), resolved.duplicates))
     except OSError as exc:
@@ -336,7 +368,9 @@ def run_export(args: argparse.Namespace) -> int:
     """
     from metauas.runtime.export import OnnxExportConfig, export_onnx
     from metauas.runtime.onnx_format import PARITY_TOLERANCE
+    from metauas.threads import configure_threads
 
+    configure_threads(args.threads)
     model, name = open_model(args.model)
     size = int(args.size or model.config.image_size)
     out = Path(args.out or f"onnx-{Path(name).stem}-{size}").expanduser()

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
 from metauas.constants import check_size
 from metauas.errors import InputError, MetaUASError
 from metauas.models.store import UNTRAINED_NAME, model_digest, open_model
@@ -25,10 +23,11 @@ from metauas.paths import onnx_cache_dir
 from metauas.runtime.export import OnnxExportConfig, export_onnx
 from metauas.runtime.onnx_backend import OnnxSegmenter
 from metauas.runtime.onnx_format import DECODER_FILE, ENCODER_FILE, OnnxMetadata
-from metauas.runtime.predictor import Predictor
+from metauas.runtime.predictor import DEFAULT_MEMORY_BUDGET_GIB, Predictor, check_tile
 from metauas.runtime.thresholds import (Thresholds, calibrate, fingerprint, load_thresholds, read_threshold_file,
                                         save_thresholds, store_path)
 from metauas.runtime.torch_backend import Segmenter
+from metauas.threads import configure_threads
 
 BACKENDS = ("torch", "onnxruntime")
 Log = Callable[[str], None]
@@ -132,11 +131,11 @@ class Engine:
         return found, saved, skipped
 
 
-def _open_onnx_folder(folder: str, size: int | None, batch_size: int, threads: int | None) -> Engine:
+def _open_onnx_folder(folder: str, size: int | None, threads: int | None, options: dict[str, Any]) -> Engine:
     meta = OnnxMetadata.read(Path(folder))
     if size and size != meta.size:
         raise InputError(f"the ONNX export {folder} is for size {meta.size}, not {size}")
-    seg = OnnxSegmenter(folder, batch_size=batch_size, threads=threads)
+    seg = OnnxSegmenter(folder, threads=threads, **options)
     return Engine(seg, meta.model or "onnx-export", meta.model or None, meta.model_digest, "onnxruntime", str(folder))
 
 
@@ -164,8 +163,9 @@ def _cached_export(model: Any, name: str, digest: str, size: int, shots: int, on
 
 
 def open_engine(model: str | None = None, backend: str = "torch", size: int | None = None, shots: int = 1,
-                onnx_dir: str | None = None, threads: int | None = None, batch_size: int = 8,
-                log: Log = _stderr) -> Engine:
+                onnx_dir: str | None = None, threads: int | None = None, batch_size: int | None = None,
+                log: Log = _stderr, tile: str | int | None = "off",
+                memory_budget: float = DEFAULT_MEMORY_BUDGET_GIB) -> Engine:
     """A ready `Engine`: the model (bundled name, file, or None for the default) on a backend.
 
     Args:
@@ -175,27 +175,29 @@ def open_engine(model: str | None = None, backend: str = "torch", size: int | No
         size: input size in px (multiple of 32; default: the model's own).
         shots: number of prompt images the engine will get (k-shot).
         onnx_dir: an existing export folder (onnxruntime backend only).
-        threads: CPU threads for torch and onnxruntime.
-        batch_size: queries per model call.
+        threads: CPU threads for torch and onnxruntime (`metauas.threads.configure_threads`).
+        batch_size: queries (and tiles) per model call; None: from ``memory_budget``.
         log: receives one-line progress notes (default: stderr).
+        tile: "off", "auto" or a tile side in px (`metauas.runtime.predictor`).
+        memory_budget: peak-memory budget in GiB for automatic batch sizes (default 2).
     Raises:
-        InputError: invalid size, backend or export folder. CheckpointError: the model cannot be opened.
+        InputError: invalid size, backend, export folder, tile option or budget. CheckpointError: the model cannot be opened.
     """
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if threads:
-        torch.set_num_threads(threads)
+    configure_threads(threads)
+    options: dict[str, Any] = {"batch_size": batch_size, "tile": check_tile(tile), "memory_budget": memory_budget}
     if size is not None:
         check_size(size, "--size")
     if onnx_dir and backend != "onnxruntime":
         raise InputError("--onnx needs --backend onnxruntime")
     if backend == "onnxruntime" and onnx_dir and not model:
-        return _open_onnx_folder(onnx_dir, size, batch_size, threads)
+        return _open_onnx_folder(onnx_dir, size, threads, options)
     net, name = open_model(model, warn=lambda text: log(f"WARNING: {text}"))
     digest = model_digest(net)
     size = int(size or net.config.image_size)
     if backend == "torch":
-        return Engine(Segmenter(net, size=size, batch_size=batch_size), name, model, digest, "torch")
+        return Engine(Segmenter(net, size=size, **options), name, model, digest, "torch")
     folder, notes = _cached_export(net, name, digest, size, shots, onnx_dir, log)
-    seg = OnnxSegmenter(folder, batch_size=batch_size, threads=threads)
+    seg = OnnxSegmenter(folder, threads=threads, **options)
     return Engine(seg, name, model, digest, "onnxruntime", str(folder), notes)

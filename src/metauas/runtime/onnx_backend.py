@@ -15,9 +15,10 @@ import torch
 
 from metauas.errors import InputError, MetaUASError
 from metauas.runtime.onnx_format import DECODER_FILE, ENCODER_FILE, PROMPT_FILE, OnnxMetadata
-from metauas.runtime.predictor import Predictor
+from metauas.runtime.predictor import DEFAULT_MEMORY_BUDGET_GIB, Predictor
 from metauas.threads import onnx_session_options
 from metauas.scoring import DEFAULT_TOP_FRACTION
+from metauas.tiling import Predict
 
 
 def _session(path: Path, threads: int | None):
@@ -75,6 +76,26 @@ class OnnxRunner:
             feeds = {f"f{level}": features[level - 1] for level in self.meta.aligned_levels}
             self._prompt_inputs.append(dict(zip(names, self.prompt.run(None, feeds))))
 
+    def predict_pairs(self, queries: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+        """Each query against its own prompt (tiles): (B,3,S,S) and (B,3,S,S) float32 in [0,1]
+        -> (B,1,S,S) probabilities. The cached prompt(s) are not used.
+
+        Raises:
+            InputError: a K-shot export (K > 1), or prompts of another count than queries.
+        """
+        if self.meta.shots > 1 or prompts.shape[0] != queries.shape[0]:
+            raise InputError("tiling needs a one-shot ONNX export and one prompt tile per query tile")
+        features = self.encode(queries)
+        prompt_features = self.encode(prompts)
+        names = [o.name for o in self.prompt.get_outputs()]
+        out = []
+        for i in range(queries.shape[0]):
+            feeds = {f"f{level}": prompt_features[level - 1][i:i + 1] for level in self.meta.aligned_levels}
+            prompt_inputs = dict(zip(names, self.prompt.run(None, feeds)))
+            query_feeds = {f"q{j}": f[i:i + 1] for j, f in enumerate(features, start=1)}
+            out.append(self.decoder.run(["prob"], {**query_feeds, **prompt_inputs})[0])
+        return np.concatenate(out)
+
     def predict(self, queries: np.ndarray) -> np.ndarray:
         """(B,3,S,S) float32 in [0,1] -> probabilities (B,1,S,S) against the cached prompt(s).
 
@@ -97,9 +118,13 @@ class OnnxSegmenter(Predictor):
 
     Args:
         folder: an export folder written by `metauas export` (metauas_onnx.json inside).
-        batch_size: queries per model call.
+        batch_size: queries (and tiles) per model call; None: from ``memory_budget``.
         threads: onnxruntime intra-op threads (default: torch's thread count).
         top_fraction: share of pixels averaged into the image score.
+        tile: "off", "auto" or a tile side in px (`metauas.runtime.predictor`); the export's
+            fixed input size means each tile is compared with the same region of the prompt
+            (`metauas.tiling` prompt mode "center", no margin).
+        memory_budget: peak-memory budget in GiB for automatic batch sizes.
     Raises:
         InputError: not an export folder, or files onnxruntime cannot load.
         MetaUASError: onnxruntime is not installed.
@@ -107,10 +132,11 @@ class OnnxSegmenter(Predictor):
 
     backend = "onnxruntime"
 
-    def __init__(self, folder: str | os.PathLike, batch_size: int = 8, threads: int | None = None,
-                 top_fraction: float = DEFAULT_TOP_FRACTION) -> None:
+    def __init__(self, folder: str | os.PathLike, batch_size: int | None = None, threads: int | None = None,
+                 top_fraction: float = DEFAULT_TOP_FRACTION, tile: str | int | None = "off",
+                 memory_budget: float = DEFAULT_MEMORY_BUDGET_GIB) -> None:
         self.runner = OnnxRunner(folder, threads=threads)
-        super().__init__(self.runner.size, batch_size, top_fraction)
+        super().__init__(self.runner.size, batch_size, top_fraction, tile, memory_budget)
 
     @property
     def meta(self) -> OnnxMetadata:
@@ -119,6 +145,12 @@ class OnnxSegmenter(Predictor):
 
     def _encode_prompts(self, batch: torch.Tensor) -> None:
         self.runner.set_prompt_tensor(batch.numpy())
+
+    def _tile_predictor(self) -> tuple[Predict, str]:
+        def predict(query_tiles: torch.Tensor, prompt_tiles: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self.runner.predict_pairs(query_tiles.numpy(), prompt_tiles.numpy()))
+
+        return predict, "center"
 
     def _predict(self, batch: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
         maps = torch.from_numpy(self.runner.predict(batch.numpy()))

@@ -37,7 +37,8 @@ from metauas.runtime.visualize import binary_mask, encode_png, map_to_uint16, re
 CSV_COLUMNS = ("query", "name", "width", "height", "score", "decision", "anomalous_fraction", "map", "overlay",
                "mask", "scaling", "prompts")
 DECISION_RULE = "anomalous when score > thresholds.image; mask pixel when p > thresholds.pixel"
-SCORE_RULE = "mean of the top 0.1 % of the anomaly map (metauas.scoring.image_score)"
+SCORE_RULE = ("mean of the top 0.1 % of the anomaly map (metauas.scoring.image_score); tiled maps: of the top "
+              "0.1 % of one tile's pixel count (metauas.scoring.tiled_image_score)")
 RESULT_SUFFIXES = ("_map.png", "_overlay.png", "_mask.png")
 TABLE_FILES = ("results.json", "results.csv", "thresholds.json")
 
@@ -89,7 +90,8 @@ def result_row(query: str, name: str, result: SegmentationResult, hw: tuple[int,
             "anomalous_fraction": anomalous_fraction(result.anomaly_map, thresholds),
             "map": f"{name}_map.png", "overlay": f"{name}_overlay.png" if overlay else None,
             "mask": f"{name}_mask.png" if thresholds is not None else None,
-            "prompts": [prompts[i] for i in result.prompts if i < len(prompts)], "scaling": result.scaling}
+            "prompts": [prompts[i] for i in result.prompts if i < len(prompts)], "scaling": result.scaling,
+            "tile": result.tile}
 
 
 def results_csv(rows: Sequence[dict[str, Any]]) -> str:

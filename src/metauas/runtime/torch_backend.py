@@ -33,12 +33,14 @@ import torch
 
 from metauas.constants import check_size
 from metauas.errors import InputError
-from metauas.io.images import ImageLike
+from metauas.io.images import ImageLike, to_model_tensor
 from metauas.models import DEFAULT_MODEL, MetaUAS, PromptFeatures, load_model
 from metauas.models.fast import optimize_for_inference, prepare_input
 from metauas.prompts import global_descriptor, rank_by_similarity
-from metauas.runtime.predictor import Predictor, SegmentationResult, as_list, to_original_size
+from metauas.runtime.predictor import (DEFAULT_MEMORY_BUDGET_GIB, Predictor, SegmentationResult, as_list,
+                                       to_original_size)
 from metauas.scoring import DEFAULT_TOP_FRACTION
+from metauas.tiling import Predict, model_predictor
 
 KSHOT_MODES = ("min", "mean")
 MAX_POOL = 256  # prompt-pool images kept encoded in memory (~2 MB each at 256 px)
@@ -53,24 +55,30 @@ class Segmenter(Predictor):
         model: a `MetaUAS` or the name/path of one (default: the bundled default model).
         size: model input size in px (multiple of 32; default: the model's training size).
         device: torch device.
-        batch_size: queries per model call.
+        batch_size: queries (and tiles) per model call; None: from ``memory_budget``
+            (`Predictor.auto_batch`).
         optimize: run the inference-optimised copy of the model (same maps within 1e-4).
         kshot: "min" (pixel-wise minimum of one map per prompt) or "mean" (the model's
             averaged k-shot path); see the module docstring.
         top_fraction: share of pixels averaged into the image score (`metauas.scoring`).
+        tile: "off" (default), "auto" or a tile side in px: segment large queries in tiles at
+            their own scale (`metauas.runtime.predictor`, docs/highres.md).
+        memory_budget: peak-memory budget in GiB for automatic batch sizes (default 2).
     Raises:
-        InputError: for an invalid size, batch size or k-shot mode.
+        InputError: for an invalid size, batch size, k-shot mode, tile option or budget.
         CheckpointError: when the model name/path cannot be loaded.
     """
 
     backend = "torch"
 
     def __init__(self, model: MetaUAS | str = DEFAULT_MODEL, size: int | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 8, optimize: bool = True,
-                 kshot: str = "min", top_fraction: float = DEFAULT_TOP_FRACTION) -> None:
+                 device: str | torch.device = "cpu", batch_size: int | None = None, optimize: bool = True,
+                 kshot: str = "min", top_fraction: float = DEFAULT_TOP_FRACTION, tile: str | int | None = "off",
+                 memory_budget: float = DEFAULT_MEMORY_BUDGET_GIB) -> None:
         self.model = load_model(model) if isinstance(model, str) else model
         self.model.eval()
-        super().__init__(check_size(size or self.model.config.image_size), batch_size, top_fraction)
+        super().__init__(check_size(size or self.model.config.image_size), batch_size, top_fraction, tile,
+                         memory_budget)
         if kshot not in KSHOT_MODES:
             raise InputError(f"kshot must be one of {KSHOT_MODES}, got {kshot!r}")
         self.device = torch.device(device)
@@ -82,6 +90,7 @@ class Segmenter(Predictor):
         self._prompts: list[PromptFeatures] = []  # one entry per prompt (or one stacked, kshot=mean)
         self._pool: torch.Tensor | None = None  # (N, C) descriptors when a prompt pool is set
         self.pool_k = 1
+        self._tiler: Predict | None = None
 
     # ------------------------------------------------------------------ prompt
     def _encode_prompts(self, batch: torch.Tensor) -> None:
@@ -94,6 +103,7 @@ class Segmenter(Predictor):
             InputError: when the tensor is not (K,3,S,S) at this segmenter's size.
         """
         batch = self._check_prompt_tensor(prompts)
+        self._remember_prompts(None)
         net = self.inference_model
         with torch.inference_mode():
             if self.kshot == "mean" and batch.shape[0] > 1:
@@ -116,7 +126,9 @@ class Segmenter(Predictor):
             raise InputError("the prompt pool is empty")
         if len(images) > MAX_POOL:
             raise InputError(f"the prompt pool has {len(images)} images; at most {MAX_POOL} are supported")
-        self.set_prompt_pool_tensor(self.read_prompts(images), k)
+        items, loaded = self._read_prompt_images(images)
+        self.set_prompt_pool_tensor(torch.cat([to_model_tensor(image.rgb, self.size) for image in loaded]), k)
+        self._remember_prompts(items, loaded)
 
     def set_prompt_pool_tensor(self, pool: torch.Tensor, k: int = 1) -> None:
         """Like `set_prompt_pool` for (N,3,S,S) model-sized float tensors in [0,1].
@@ -127,6 +139,7 @@ class Segmenter(Predictor):
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
         batch = self._check_prompt_tensor(pool)
+        self._remember_prompts(None)
         net = self.inference_model
         prompts, descriptors = [], []
         with torch.inference_mode():
@@ -200,6 +213,22 @@ class Segmenter(Predictor):
                 probs[index] = torch.minimum(probs[index], part)
             probs = probs.contiguous()  # type: ignore[union-attr]
         return (probs, chosen) if return_prompts else probs
+
+    def _tile_predictor(self) -> tuple[Predict, str]:
+        if self._tiler is None:  # the running network (already the optimized copy when optimize=True)
+            self._tiler = model_predictor(self.inference_model, optimize=False)
+        return self._tiler, "native"
+
+    def _tile_prompts(self, query: torch.Tensor) -> list[int]:
+        if self.kshot == "mean" and self.num_prompts > 1:
+            raise InputError("tiling compares each tile with each prompt (pixel-wise minimum); "
+                             "use kshot='min' or tile='off' for kshot='mean'")
+        if self._pool is None:
+            return super()._tile_prompts(query)
+        net = self.inference_model
+        with torch.inference_mode():
+            features = net.encode(prepare_input(net, query.to(self.device)))
+        return self.prompts_for(features)[0]
 
     def _predict(self, batch: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
         maps, chosen = self.predict_tensor(batch, return_prompts=True)

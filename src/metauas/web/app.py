@@ -396,6 +396,7 @@ class SegmentService:
         self.budget = PixelBudget(self.config.max_pixels_in_flight)
         self._prompt_key: tuple[str, bool] | None = None
         self.calls = 0
+        self.default_tile = getattr(segmenter, "tile", "off")
 
     def info(self) -> dict[str, Any]:
         """What ``GET /api/info`` answers: model name, backend, size, whether the model is untrained,
@@ -450,8 +451,9 @@ class SegmentService:
         return prompt_pixels + max(pixels(data, f"query '{name}'") for name, data in queries)
 
     def _segment(self, prompt_images: list[LoadedImage], key: str, pool: bool, image: LoadedImage,
-                 name: str) -> SegmentationResult:
+                 name: str, tile: str | None = None) -> SegmentationResult:
         with self.lock:
+            self.segmenter.tile = self.default_tile if tile is None else tile
             if self._prompt_key != (key, pool):
                 self._prompt_key = None
                 if pool:
@@ -462,11 +464,14 @@ class SegmentService:
             return next(self.segmenter.iter_segment([image], names=[name])).result
 
     def run(self, prompts: list[tuple[str, bytes]], queries: list[tuple[str, bytes]],
-            threshold: float | None, as_zip: bool, pool: bool = False) -> tuple[dict[str, Any], bytes | None]:
+            threshold: float | None, as_zip: bool, pool: bool = False,
+            tile: str | None = None) -> tuple[dict[str, Any], bytes | None]:
         """Check every file's header, then decode, segment (under the lock) and render one query
         at a time, inside a reservation of the server's pixel budget.
 
         ``pool``: the prompts are a pool; each query is compared with its most similar one.
+        ``tile``: "auto" or "off" for this request (`metauas segment --tile`); None: the
+        server's own setting (``metauas serve --tile``).
 
         Raises:
             ApiError: 4xx for bad input, 503 when the pixel budget stays busy.
@@ -485,7 +490,8 @@ class SegmentService:
                                    "prompt_mode": "pool" if pool else ("k-shot" if len(prompts) > 1 else "one-shot"),
                                    "threshold": None if t is None else t.image,
                                    "pixel_threshold": None if t is None else t.pixel,
-                                   "threshold_source": source, "results": []}
+                                   "threshold_source": source,
+                                   "tile": self.default_tile if tile is None else tile, "results": []}
         prompt_names = [name for name, _ in prompts]
         sink = ZipSink() if as_zip else None
         writer = ResultWriter(sink, t, prompt_names, overlay=True, queue_size=0) if sink is not None else None
@@ -494,7 +500,7 @@ class SegmentService:
             depth = prompt_depth(prompt_images)
             for (filename, data), name in zip(queries, names):
                 image = decode_upload(data, f"query '{filename}'", c, depth)
-                result = self._segment(prompt_images, key, pool, image, name)
+                result = self._segment(prompt_images, key, pool, image, name, tile)
                 if writer is not None:
                     row = writer.add(filename, name, image.rgb, result, label=filename)
                 else:
@@ -562,8 +568,9 @@ def _add_pages(app: Any, service: SegmentService) -> None:
         return FileResponse(folder / name, media_type="image/png")
 
 
-async def _read_segment_form(request: Request, config: WebConfig) -> tuple[list, list, float | None, str, str]:
-    """(prompt files, query files, threshold, format, prompt mode) of a segment request.
+async def _read_segment_form(request: Request, config: WebConfig) -> tuple[list, list, float | None, str, str,
+                                                                         str | None]:
+    """(prompt files, query files, threshold, format, prompt mode, tile or None) of a segment request.
 
     Raises:
         ApiError: 400/408/413/415 for malformed, slow, oversized or non-multipart uploads.
@@ -597,6 +604,9 @@ async def _read_segment_form(request: Request, config: WebConfig) -> tuple[list,
         mode = str(form.get("prompt_mode") or "kshot")
         if mode not in ("kshot", "pool"):
             raise ApiError(400, "prompt_mode must be 'kshot' or 'pool'")
+        tile = str(form.get("tile") or "") or None
+        if tile not in (None, "auto", "off"):
+            raise ApiError(400, "tile must be 'auto' or 'off'")
         for upload in prompts + queries:
             if upload.size is not None and upload.size > config.max_file_bytes:
                 raise ApiError(413, f"'{upload.filename}': file too large (limit {config.max_file_mb:g} MiB)")
@@ -604,7 +614,7 @@ async def _read_segment_form(request: Request, config: WebConfig) -> tuple[list,
         query_data = [(f.filename or "query", await f.read()) for f in queries]
     finally:
         await form.close()
-    return prompt_data, query_data, threshold, fmt, mode
+    return prompt_data, query_data, threshold, fmt, mode, tile
 
 
 def create_app(service: SegmentService) -> Any:
@@ -621,10 +631,10 @@ def create_app(service: SegmentService) -> Any:
 
     @app.post("/api/segment")
     async def segment(request: Request) -> Response:
-        prompt_data, query_data, threshold, fmt, mode = await _read_segment_form(request, config)
+        prompt_data, query_data, threshold, fmt, mode, tile = await _read_segment_form(request, config)
         try:
             payload, archive = await run_in_threadpool(service.run, prompt_data, query_data, threshold, fmt == "zip",
-                                                       mode == "pool")
+                                                       mode == "pool", tile)
         except InputError as exc:
             raise ApiError(400, str(exc)) from None
         if archive is not None:

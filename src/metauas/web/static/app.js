@@ -73,6 +73,7 @@ function formData(extra) {
   state.queries.forEach((f) => form.append("query", f.blob, f.name));
   Object.entries(extra || {}).forEach(([k, v]) => form.append(k, v));
   if ($("pool-mode").checked) form.append("prompt_mode", "pool");
+  form.append("tile", $("tile-mode").checked ? "auto" : "off");
   return form;
 }
 
