@@ -43,7 +43,7 @@ def main() -> int:
     ap.add_argument("--patchmatch-weight", type=float, default=None,
                     help="fusion weight stored in the model config: map = (1-w) model + w patch matching")
     ap.add_argument("--patchmatch-neighbourhood", type=int, default=None,
-                    help="PatchCore neighbourhood (odd, 1 = none) averaged before patch matching, stored in the config")
+                    help="odd k: patch matching averages plain and k x k-neighbourhood distances (1 = plain), stored in the config")
     ap.add_argument("--attach", action="append", default=[], metavar="KEY=FILE",
                     help="add a JSON file to the card under KEY (e.g. realdev=eval/metrics.json)")
     ap.add_argument("--note", action="append", default=[], metavar="KEY=TEXT", help="add a text field to the card")

@@ -127,6 +127,9 @@ def test_neighbourhood_average_is_the_local_mean_and_feeds_patch_matching():
         qf, pf = model.encode(q), model.encode(p)
         plain, pooled = patchmatch_map(qf, pf, (SIZE, SIZE)), patchmatch_map(qf, pf, (SIZE, SIZE), neighbourhood=3)
         assert float((plain - pooled).abs().max()) > 1e-3  # the option changes the map
+        averaged = patchmatch_map([neighbourhood_average(f, 3) for f in qf], [neighbourhood_average(f, 3) for f in pf],
+                                  (SIZE, SIZE))
+        assert float((pooled - 0.5 * (plain + averaged)).abs().max()) < 1e-6  # two scales, averaged
         assert float((model.anomaly_map(qf, model.prepare_prompt(p)) - pooled).abs().max()) < 1e-6
         assert float(patchmatch_map(pf, pf, (SIZE, SIZE), neighbourhood=3).abs().max()) < 1e-5  # identical: 0
     with pytest.raises(ValueError, match="patchmatch_neighbourhood"):

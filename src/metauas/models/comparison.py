@@ -101,24 +101,29 @@ def patchmatch_map(query_features: Sequence[torch.Tensor], prompt_features: Sequ
                    neighbourhood: int = 1) -> torch.Tensor:
     """Training-free one-shot patch-matching anomaly map (PatchCore's score, Roth et al. 2022).
 
-    Per level: `nearest_cosine_distance` of every query position to the prompt(s), upsampled
-    bilinearly to ``size``; the map is half the mean over ``levels`` (default f3, f4).
+    Per level (and neighbourhood scale): `nearest_cosine_distance` of every query position to the
+    prompt(s), upsampled bilinearly to ``size``; the map is half the mean over ``levels`` (default
+    f3, f4) and scales.
 
     Args:
         query_features: encoder features f0..f5 of the queries, f_l (B, C, h, w).
         prompt_features: f0..f5 of the prompt(s): (B|1, C, h, w) or (B|1, K, C, h, w).
         size: output (H, W).
         levels: encoder levels compared (default f3, f4).
-        neighbourhood: odd side of the PatchCore neighbourhood averaged at every position of
-            query and prompt features before matching (`neighbourhood_average`); 1 = none.
+        neighbourhood: odd side k of a PatchCore neighbourhood (`neighbourhood_average`). 1: plain
+            patch features only; k > 1: the mean of the plain distance and the distance of
+            features averaged over k x k neighbourhoods (two scales: fine defects keep the plain
+            term, texture noise and small shifts are absorbed by the averaged one).
     Returns:
         (B, 1, H, W) float32 in [0, 1]; 0 where the query equals a prompt.
     Raises:
         ValueError: prompt and query features that do not fit, or a bad ``neighbourhood``.
     """
-    maps = [F.interpolate(nearest_cosine_distance(neighbourhood_average(query_features[level], neighbourhood),
-                                                  neighbourhood_average(prompt_features[level], neighbourhood)),
-                          size=tuple(size), mode="bilinear", align_corners=False) for level in levels]
+    sizes = (1,) if neighbourhood == 1 else (1, neighbourhood)
+    maps = [F.interpolate(nearest_cosine_distance(neighbourhood_average(query_features[level], k),
+                                                  neighbourhood_average(prompt_features[level], k)),
+                          size=tuple(size), mode="bilinear", align_corners=False)
+            for level in levels for k in sizes]
     return (0.5 * torch.stack(maps, dim=0).mean(dim=0)).clamp(0.0, 1.0)
 
 

@@ -32,8 +32,9 @@ class ModelConfig:
         comparison: "none" (paper) or "cosine" (explicit comparison signals).
         temperature: map = sigmoid(logits / temperature), in [0.05, 100] (1 = paper).
         patchmatch_weight: map = (1-w) * network + w * patch matching, w in [0, 1].
-        patchmatch_neighbourhood: odd side (1..7) of the PatchCore neighbourhood averaged
-            before patch matching (`metauas.models.comparison.neighbourhood_average`); 1 = none.
+        patchmatch_neighbourhood: odd side k (1..7) of a PatchCore neighbourhood: for k > 1 the
+            patch-matching map averages plain and k x k-averaged feature distances
+            (`metauas.models.comparison.patchmatch_map`); 1 = plain only.
     """
     encoder: str = "efficientnet-lite0"
     alignment: str = "sa"  # sa (soft, paper) | ha (hard) | na (none)
@@ -45,7 +46,7 @@ class ModelConfig:
     comparison: str = "none"  # none (paper) | cosine (explicit comparison signals, models/comparison.py)
     temperature: float = 1.0  # anomaly map = sigmoid(logits / temperature) (calibration; 1 = paper)
     patchmatch_weight: float = 0.0  # anomaly map = (1-w) * model + w * patch matching (0 = model only)
-    patchmatch_neighbourhood: int = 1  # PatchCore neighbourhood averaged before patch matching (1 = none)
+    patchmatch_neighbourhood: int = 1  # k > 1: patch matching also on k x k-averaged features (PatchCore)
 
     def validate(self) -> None:
         """Check every field.
