@@ -67,6 +67,20 @@ def test_pixel_f1_finds_the_separating_level():
         empty.best()
 
 
+def test_store_keeps_the_tile_setting_and_old_entries_count_as_untiled(tmp_path: Path):
+    path = tmp_path / "store.json"
+    base = dict(model="m", model_digest="d1", size=64, prompt_fingerprint="p1")
+    save_thresholds(Thresholds(image=0.4, pixel=0.3, **base), path)
+    assert load_thresholds(path, "d1", 64, "p1", tile="auto") is None
+    save_thresholds(Thresholds(image=0.7, pixel=0.6, tile="auto", **base), path)  # kept beside the untiled one
+    assert load_thresholds(path, "d1", 64, "p1", tile="auto").image == 0.7
+    assert load_thresholds(path, "d1", 64, "p1", tile="off").image == 0.4
+    old = {"version": 1, "entries": [{"image": 0.2, "pixel": 0.1, **base}]}  # written before the tile field
+    path.write_text(json.dumps(old))
+    assert load_thresholds(path, "d1", 64, "p1", tile="off").tile == "off"
+    assert load_thresholds(path, "d1", 64, "p1", tile=512) is None
+
+
 def test_thresholds_validate_range():
     with pytest.raises(InputError):
         Thresholds(image=1.5, pixel=0.5)

@@ -386,6 +386,34 @@ def test_segment_calibrate_then_reuse_stored_thresholds(tmp_path, pair, tiny_mod
     stored.unlink()
 
 
+def test_thresholds_calibrated_untiled_are_not_used_for_tiled_runs(tmp_path, pair, tiny_model, capsys):
+    prompt, query = pair
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(3):
+        save_rgb(good / f"g{i}.png", texture(80, 96, 0))
+    code, _, _ = run("calibrate", "--prompt", prompt, "--good", good, "--model", tiny_model, capsys=capsys)
+    assert code == 0
+    stored = json.loads(Path(str(tiny_model) + ".thresholds.json").read_text())["entries"]
+    assert [e["tile"] for e in stored] == ["off"]
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, "--out", tmp_path / "tiled", "--model",
+                            tiny_model, "--tile", "auto", capsys=capsys)
+    assert code == 0 and "using thresholds" not in stdout
+    notes = [line for line in err.splitlines() if "--tile off" in line]
+    assert len(notes) == 1 and "calibrate with the same --tile" in notes[0], err
+    assert not (tmp_path / "tiled" / "query_mask.png").exists()
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, "--out", tmp_path / "untiled",
+                            "--model", tiny_model, "--tile", "off", capsys=capsys)
+    assert code == 0 and "using thresholds from stored calibration" in stdout and "--tile" not in err
+    assert (tmp_path / "untiled" / "query_mask.png").is_file()
+    code, _, _ = run("calibrate", "--prompt", prompt, "--good", good, "--model", tiny_model, "--tile", "auto",
+                     capsys=capsys)
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, "--out", tmp_path / "tiled2", "--model",
+                            tiny_model, "--tile", "auto", capsys=capsys)
+    assert code == 0 and "using thresholds from stored calibration" in stdout and "--tile" not in err
+    Path(str(tiny_model) + ".thresholds.json").unlink()
+
+
 def test_calibrate_command_with_labelled_bad(tmp_path, tiny_model, capsys):
     prompt = save_rgb(tmp_path / "prompt.png", texture(64, 64, 0))
     good, bad, masks = tmp_path / "good", tmp_path / "bad", tmp_path / "masks"

@@ -217,7 +217,8 @@ def _known_thresholds(args: argparse.Namespace, engine: Engine, prompts: list[Pa
         if args.pixel_threshold is not None:
             found.pixel = args.pixel_threshold
         return found, f"calibration on {args.calibrate}"
-    return engine.thresholds(fingerprint(prompts), args.threshold, args.pixel_threshold, args.thresholds, _warn)
+    return engine.thresholds(fingerprint(prompts), args.threshold, args.pixel_threshold, args.thresholds, _warn,
+                             note=lambda text: print(f"metauas: note: {text}", file=sys.stderr))
 
 
 # ============================================================================ segment
