@@ -158,7 +158,7 @@ def test_calibrate_good_only_and_with_labelled_bad(tmp_path: Path):
     good_dir, bad_dir, mask_dir = tmp_path / "good", tmp_path / "bad", tmp_path / "masks"
     for d in (good_dir, bad_dir, mask_dir):
         d.mkdir()
-    goods = [_write(good_dir / f"g{i}.png", np.full((16, 16), 40 + 10 * i)) for i in range(5)]  # max 40..80
+    goods = [_write(good_dir / f"g{i}.png", np.full((32, 32), 40 + 10 * i)) for i in range(5)]  # max 40..80
     (good_dir / "broken.png").write_bytes(b"not an image")
     skipped: list = []
     th = calibrate(FakeSegmenter(), goods + [good_dir / "broken.png"], quantile=1.0, skipped=skipped)
@@ -169,10 +169,10 @@ def test_calibrate_good_only_and_with_labelled_bad(tmp_path: Path):
 
     bads = []
     for i in range(3):
-        red = np.full((16, 16), 30)
+        red = np.full((32, 32), 30)
         red[4:10, 4:10] = 200 + 10 * i
         bads.append(_write(bad_dir / f"b{i}.png", red))
-        mask = np.zeros((16, 16), np.uint8)
+        mask = np.zeros((32, 32), np.uint8)
         mask[4:10, 4:10] = 255
         Image.fromarray(mask).save(mask_dir / f"b{i}_mask.png")
     assert find_mask(bads[0], mask_dir) == mask_dir / "b0_mask.png"

@@ -207,7 +207,7 @@ def test_unusual_formats_and_sizes_work(tmp_path, tiny_model, capsys):
     files.append(tmp_path / "cmyk.jpg")
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
     files.append(tmp_path / "palette.png")
-    Image.fromarray(texture(12, 9, 8)).save(tmp_path / "small.png")  # smaller than the model input
+    Image.fromarray(texture(40, 36, 8)).save(tmp_path / "small.png")  # smaller than the model input
     files.append(tmp_path / "small.png")
     Image.fromarray(texture(300, 1200, 9)).save(tmp_path / "wide.bmp")  # other size and aspect than the prompt
     files.append(tmp_path / "wide.bmp")
@@ -219,7 +219,7 @@ def test_unusual_formats_and_sizes_work(tmp_path, tiny_model, capsys):
     results = json.loads((out / "results.json").read_text())["results"]
     assert len(results) == len(files)
     sizes = {r["name"]: (r["height"], r["width"]) for r in results}
-    assert sizes["small"] == (12, 9) and sizes["wide"] == (300, 1200)
+    assert sizes["small"] == (40, 36) and sizes["wide"] == (300, 1200)
     for r in results:
         assert cv2.imread(str(out / r["map"]), cv2.IMREAD_UNCHANGED).shape == (r["height"], r["width"])
         assert cv2.imread(str(out / r["mask"]), cv2.IMREAD_UNCHANGED).shape == (r["height"], r["width"])
@@ -384,6 +384,21 @@ def test_segment_calibrate_then_reuse_stored_thresholds(tmp_path, pair, tiny_mod
         "--quiet", capsys=capsys)
     assert not (tmp_path / "out3" / "query_mask.png").exists()
     stored.unlink()
+
+
+def test_images_below_the_minimum_side_are_refused(tmp_path, pair, tiny_model, capsys):
+    prompt, query = pair
+    tiny = save_rgb(tmp_path / "tiny10.png", texture(10, 10, 3))  # decodes fine, too small to segment
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, tiny, "--out", tmp_path / "o",
+                            "--model", tiny_model, capsys=capsys)
+    assert code == 1
+    line = next(l for l in stdout.splitlines() if "too small" in l)
+    assert "tiny10.png" in line and "10x10" in line and "at least 32" in line
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["name"] for r in results["results"]] == ["query"]
+    code, _, err = run("segment", "--prompt", tiny, "--query", query, "--out", tmp_path / "o2", "--model",
+                       tiny_model, capsys=capsys)
+    assert_one_line_error(code, err, "prompt", "tiny10.png", "too small", "at least 32")
 
 
 def test_thresholds_calibrated_untiled_are_not_used_for_tiled_runs(tmp_path, pair, tiny_model, capsys):
