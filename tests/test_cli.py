@@ -91,6 +91,43 @@ def test_segment_with_a_prompt_pool_records_the_prompt_of_each_query(tmp_path, t
     assert_one_line_error(code, err, "at most 16", "--prompt-pool")
 
 
+def test_pool_k_larger_than_the_pool_or_without_a_pool_is_an_error(tmp_path, tiny_model, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    a = save_rgb(pool / "a.png", texture(80, 96, 21))
+    save_rgb(pool / "b.png", texture(80, 96, 22))
+    code, _, err = run("segment", "--prompt-pool", pool, "--pool-k", "3", "--query", a, "--out", tmp_path / "o",
+                       "--model", tiny_model, capsys=capsys)
+    assert_one_line_error(code, err, "--pool-k 3", "prompt pool (2 images)")
+    assert not (tmp_path / "o" / "results.json").exists()
+    code, _, err = run("segment", "--prompt", a, "--pool-k", "2", "--query", a, "--out", tmp_path / "o2", "--model",
+                       tiny_model, capsys=capsys)
+    assert_one_line_error(code, err, "--pool-k needs --prompt-pool")
+    code, _, err = run("segment", "--prompt-pool", pool, "--pool-k", "2", "--query", a, "--out", tmp_path / "o3",
+                       "--model", tiny_model, "--quiet", capsys=capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "o3" / "results.json").read_text())
+    assert "k=2" in data["prompt_mode"] and len(data["results"][0]["prompts"]) == 2
+
+
+@pytest.mark.parametrize("option,prog", [(["--threads", "0"], "metauas segment"),
+                                         (["--memory-budget", "0"], "metauas segment"),
+                                         (["--tile", "10"], "metauas segment"), (["--batch-size", "0"], "metauas segment"),
+                                         (["--no-such-option"], "metauas")])
+def test_bad_option_values_print_one_line_not_the_usage(option, prog, tmp_path, pair, capsys):
+    prompt, query = pair
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--prompt", str(prompt), "--query", str(query), "--out", str(tmp_path / "o"), *option])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), lines
+    assert option[0] in lines[0] and "usage" not in captured.err
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--help"])
+    assert exc.value.code == 0 and "usage: metauas segment" in capsys.readouterr().out
+
+
 def test_segment_writes_maps_overlays_results(tmp_path, pair, tiny_model, capsys):
     prompt, query = pair
     out = tmp_path / "out"

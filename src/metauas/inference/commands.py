@@ -110,8 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt-pool", nargs="+", metavar="GOOD",
                         help="a pool of good images (folders/globs): each query is compared with its "
                              "--pool-k most similar ones (MetaUAS*); results record which")
-    seg.add_argument("--pool-k", type=_positive_int, default=1, metavar="K",
-                     help="with --prompt-pool: prompts per query (default 1)")
+    seg.add_argument("--pool-k", type=_positive_int, default=None, metavar="K",
+                     help="with --prompt-pool: prompts per query, at most the pool size (default 1)")
     seg.add_argument("--query", nargs="+", required=True, metavar="PATH|DIR|GLOB",
                      help="query image(s), folder(s) or glob(s)")
     seg.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -254,6 +254,17 @@ def _check_segment_options(args: argparse.Namespace) -> None:
         raise InputError("--calibrate-bad/--calibrate-masks need --calibrate DIR_OF_GOOD")
     if args.prompt_pool is not None and args.backend != "torch":
         raise InputError("--prompt-pool needs --backend torch")
+    if args.pool_k is not None and args.prompt_pool is None:
+        raise InputError("--pool-k needs --prompt-pool (with --prompt every prompt is used for every query)")
+
+
+def _check_pool_k(args: argparse.Namespace, pool_size: int) -> None:
+    """--pool-k (default 1) must not exceed the number of pool images (certainly a mistake)."""
+    if args.pool_k is None:
+        args.pool_k = 1
+    if args.pool_k > pool_size:
+        raise InputError(f"--pool-k {args.pool_k} is larger than the prompt pool ({pool_size} image"
+                         f"{'s' if pool_size != 1 else ''})")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -263,13 +274,16 @@ def run_segment(args: argparse.Namespace) -> int:
     Returns:
         0 when every query was processed, 1 when unreadable queries were skipped.
     Raises:
-        InputError: invalid options, more k-shot prompts than MAX_KSHOT, unusable prompt or
-            output folder (and the engine's errors).
+        InputError: invalid options (e.g. --pool-k without --prompt-pool or larger than the
+            pool), more k-shot prompts than MAX_KSHOT, unusable prompt or output folder (and the
+            engine's errors).
     """
     started = time.perf_counter()
     _check_segment_options(args)
     pool = args.prompt_pool is not None
     prompts = resolve_images(args.prompt_pool if pool else args.prompt, "prompt")
+    if pool:
+        _check_pool_k(args, len(prompts))
     if not pool and len(prompts) > MAX_KSHOT:
         raise InputError(f"{len(prompts)} prompt images given; k-shot takes at most {MAX_KSHOT} "
                          "(use --prompt-pool to pick the most similar ones per query)")
