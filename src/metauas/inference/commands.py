@@ -100,8 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "segment", help="segment query images against normal prompt image(s)",
         description="Writes <name>_map.png (16-bit), <name>_overlay.png, <name>_mask.png (when a "
                     "threshold is known), results.json and results.csv to --out. Images with more than 8 "
-                    "bits per channel are scaled by their real bit depth (PNG sBIT, else decided from "
-                    "the prompt); results record the scaling used.",
+                    "bits per channel are scaled by their PNG sBIT depth; without sBIT, by a depth "
+                    "decided from the prompt when the prompt is such an image too, else (8-bit, float or "
+                    "sBIT prompt) by each query's own largest value. results record the scaling used.",
         epilog="Exit codes: 0 all queries processed, 1 some unreadable queries skipped, 2 error.")
     prompt = seg.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", nargs="+", metavar="GOOD",

@@ -12,9 +12,10 @@ Rules (one for every input type):
 * **Bit depth**: integer pixels are divided by ``2**bits - 1`` of their *real* bit depth:
   8 for uint8; for wider data the PNG ``sBIT`` chunk where a file has one; otherwise a depth
   decided once from the prompt images (`prompt_depth`: the smallest of 10/12/14/16 bits that
-  holds their largest value) and applied to every query, so a query's scaling never changes
+  holds their largest value) and applied to every query, so a query's scaling does not change
   with its own maximum (values above the prompt's range saturate, and the scaling says so).
-  Without a prompt (a single `load_image` call) the image's own maximum decides.
+  Without such a prompt (8-bit, float or sBIT prompts; or a single `load_image` call) there is
+  no prompt depth and each wide image's own maximum decides.
   16-bit colour PNG/TIFF files are decoded with OpenCV (Pillow keeps only their high byte).
   `LoadedImage.scaling` says which scaling was used.
 * Floats must lie in [0, 1]; EXIF rotation is applied; files and bytes pass the allow-listed
