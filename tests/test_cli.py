@@ -134,6 +134,7 @@ def test_segment_writes_maps_overlays_results(tmp_path, pair, tiny_model, capsys
     code, stdout, _ = run("segment", "--prompt", prompt, "--query", query, prompt, "--out", out,
                           "--model", tiny_model, capsys=capsys)
     assert code == 0
+    assert (out / "results.json").read_bytes().endswith(b"}\n")  # a text file: ends with a newline
     data = json.loads((out / "results.json").read_text())
     assert data["size"] == 64 and data["backend"] == "torch" and data["thresholds"] is None
     assert [r["name"] for r in data["results"]] == ["query", "prompt"]
@@ -406,6 +407,7 @@ def test_segment_calibrate_then_reuse_stored_thresholds(tmp_path, pair, tiny_mod
     assert "calibrated:" in stdout
     stored = Path(str(tiny_model) + ".thresholds.json")  # beside the model
     assert stored.is_file()
+    assert (out / "thresholds.json").read_text().endswith("}\n") and stored.read_text().endswith("}\n")
     saved = json.loads((out / "thresholds.json").read_text())
     assert saved["method"] == "good-quantile" and saved["num_good"] == 4
     assert saved["image"] == pytest.approx(saved["good_scores"]["max"])

@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `segment`, `calibrate`, `export` and `info` subcommands to the parser."""
     seg = subparsers.add_parser(
         "segment", help="segment query images against normal prompt image(s)",
-        description="Writes <name>_map.png (16-bit), <name>_overlay.png, <name>_mask.png (when a "
+        description="Writes <name>_map.png (16-bit: value / 65535 = anomaly map value), <name>_overlay.png, <name>_mask.png (when a "
                     "threshold is known), results.json and results.csv to --out. Images with more than 8 "
                     "bits per channel are scaled by their PNG sBIT depth; without sBIT, by a depth "
                     "decided from the prompt when the prompt is such an image too, else (8-bit, float or "
@@ -121,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     thr.add_argument("--threshold", type=_probability, default=None, metavar="T",
                      help="image threshold: anomalous when score > T (also the pixel threshold)")
     thr.add_argument("--calibrate", default=None, metavar="DIR_OF_GOOD",
-                     help="choose thresholds from these good images first (saved beside the model)")
+                     help="choose thresholds from these good images first (saved beside a model file, else in "
+                          "the user data folder)")
     thr.add_argument("--thresholds", default=None, metavar="FILE", help="read thresholds from a JSON file")
     seg.add_argument("--pixel-threshold", type=_probability, default=None, metavar="T",
                      help="pixel threshold for masks (default: the image threshold)")
@@ -135,13 +136,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal = subparsers.add_parser(
         "calibrate", help="choose image/pixel thresholds from good (and optionally bad) images",
         description="Runs the model on known-good images (and optionally a few labelled bad ones), "
-                    "chooses thresholds and saves them beside the model (or in the user data folder).")
+                    "chooses thresholds and saves them beside the model file (bundled models: in the user "
+                    "data folder, $METAUAS_HOME/thresholds, else $XDG_DATA_HOME/metauas/thresholds, else "
+                    "~/.local/share/metauas/thresholds), keyed by model, size, prompt and --tile.")
     cal.add_argument("--prompt", nargs="+", required=True, metavar="GOOD", help="normal prompt image(s)")
     cal.add_argument("--good", nargs="+", required=True, metavar="PATH|DIR|GLOB", help="known-good images")
     _add_calibration_options(cal, prefix="")
     _add_model_options(cal)
     cal.add_argument("--save", default=None, metavar="FILE",
-                     help="threshold file to update (default: beside the model)")
+                     help="threshold file to update (default: beside a model file, else in the user data "
+                          "folder)")
     cal.set_defaults(func=run_calibrate)
 
     exp = subparsers.add_parser(

@@ -349,7 +349,7 @@ def save_thresholds(thresholds: Thresholds, path: Path, warn: Any = None) -> Pat
             entries = []
         entries = [e for e in entries if _key(e) != _key(thresholds.to_dict())]
         entries.append(thresholds.to_dict())
-        payload = json.dumps({"version": STORE_VERSION, "entries": entries}, indent=2)
+        payload = json.dumps({"version": STORE_VERSION, "entries": entries}, indent=2) + "\n"
         return atomic_write_text(path, payload)
 
 
