@@ -359,7 +359,7 @@ def _report(args: argparse.Namespace, run: BatchRun, thresholds, source: str, ou
 # ============================================================================ calibrate
 def run_calibrate(args: argparse.Namespace) -> int:
     """`metauas calibrate`: choose image/pixel thresholds from good (and optionally bad) images,
-    print them and save them beside the model.
+    print them and save them (beside a model file, else in the user data folder).
 
     Returns:
         0 when saved, 1 when they could not be saved.
