@@ -67,6 +67,20 @@ def test_pixel_f1_finds_the_separating_level():
         empty.best()
 
 
+def test_store_keeps_the_tile_setting_and_old_entries_count_as_untiled(tmp_path: Path):
+    path = tmp_path / "store.json"
+    base = dict(model="m", model_digest="d1", size=64, prompt_fingerprint="p1")
+    save_thresholds(Thresholds(image=0.4, pixel=0.3, **base), path)
+    assert load_thresholds(path, "d1", 64, "p1", tile="auto") is None
+    save_thresholds(Thresholds(image=0.7, pixel=0.6, tile="auto", **base), path)  # kept beside the untiled one
+    assert load_thresholds(path, "d1", 64, "p1", tile="auto").image == 0.7
+    assert load_thresholds(path, "d1", 64, "p1", tile="off").image == 0.4
+    old = {"version": 1, "entries": [{"image": 0.2, "pixel": 0.1, **base}]}  # written before the tile field
+    path.write_text(json.dumps(old))
+    assert load_thresholds(path, "d1", 64, "p1", tile="off").tile == "off"
+    assert load_thresholds(path, "d1", 64, "p1", tile=512) is None
+
+
 def test_thresholds_validate_range():
     with pytest.raises(InputError):
         Thresholds(image=1.5, pixel=0.5)
@@ -144,7 +158,7 @@ def test_calibrate_good_only_and_with_labelled_bad(tmp_path: Path):
     good_dir, bad_dir, mask_dir = tmp_path / "good", tmp_path / "bad", tmp_path / "masks"
     for d in (good_dir, bad_dir, mask_dir):
         d.mkdir()
-    goods = [_write(good_dir / f"g{i}.png", np.full((16, 16), 40 + 10 * i)) for i in range(5)]  # max 40..80
+    goods = [_write(good_dir / f"g{i}.png", np.full((32, 32), 40 + 10 * i)) for i in range(5)]  # max 40..80
     (good_dir / "broken.png").write_bytes(b"not an image")
     skipped: list = []
     th = calibrate(FakeSegmenter(), goods + [good_dir / "broken.png"], quantile=1.0, skipped=skipped)
@@ -155,10 +169,10 @@ def test_calibrate_good_only_and_with_labelled_bad(tmp_path: Path):
 
     bads = []
     for i in range(3):
-        red = np.full((16, 16), 30)
+        red = np.full((32, 32), 30)
         red[4:10, 4:10] = 200 + 10 * i
         bads.append(_write(bad_dir / f"b{i}.png", red))
-        mask = np.zeros((16, 16), np.uint8)
+        mask = np.zeros((32, 32), np.uint8)
         mask[4:10, 4:10] = 255
         Image.fromarray(mask).save(mask_dir / f"b{i}_mask.png")
     assert find_mask(bads[0], mask_dir) == mask_dir / "b0_mask.png"

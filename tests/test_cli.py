@@ -91,12 +91,50 @@ def test_segment_with_a_prompt_pool_records_the_prompt_of_each_query(tmp_path, t
     assert_one_line_error(code, err, "at most 16", "--prompt-pool")
 
 
+def test_pool_k_larger_than_the_pool_or_without_a_pool_is_an_error(tmp_path, tiny_model, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    a = save_rgb(pool / "a.png", texture(80, 96, 21))
+    save_rgb(pool / "b.png", texture(80, 96, 22))
+    code, _, err = run("segment", "--prompt-pool", pool, "--pool-k", "3", "--query", a, "--out", tmp_path / "o",
+                       "--model", tiny_model, capsys=capsys)
+    assert_one_line_error(code, err, "--pool-k 3", "prompt pool (2 images)")
+    assert not (tmp_path / "o" / "results.json").exists()
+    code, _, err = run("segment", "--prompt", a, "--pool-k", "2", "--query", a, "--out", tmp_path / "o2", "--model",
+                       tiny_model, capsys=capsys)
+    assert_one_line_error(code, err, "--pool-k needs --prompt-pool")
+    code, _, err = run("segment", "--prompt-pool", pool, "--pool-k", "2", "--query", a, "--out", tmp_path / "o3",
+                       "--model", tiny_model, "--quiet", capsys=capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "o3" / "results.json").read_text())
+    assert "k=2" in data["prompt_mode"] and len(data["results"][0]["prompts"]) == 2
+
+
+@pytest.mark.parametrize("option,prog", [(["--threads", "0"], "metauas segment"),
+                                         (["--memory-budget", "0"], "metauas segment"),
+                                         (["--tile", "10"], "metauas segment"), (["--batch-size", "0"], "metauas segment"),
+                                         (["--no-such-option"], "metauas")])
+def test_bad_option_values_print_one_line_not_the_usage(option, prog, tmp_path, pair, capsys):
+    prompt, query = pair
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--prompt", str(prompt), "--query", str(query), "--out", str(tmp_path / "o"), *option])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), lines
+    assert option[0] in lines[0] and "usage" not in captured.err
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--help"])
+    assert exc.value.code == 0 and "usage: metauas segment" in capsys.readouterr().out
+
+
 def test_segment_writes_maps_overlays_results(tmp_path, pair, tiny_model, capsys):
     prompt, query = pair
     out = tmp_path / "out"
     code, stdout, _ = run("segment", "--prompt", prompt, "--query", query, prompt, "--out", out,
                           "--model", tiny_model, capsys=capsys)
     assert code == 0
+    assert (out / "results.json").read_bytes().endswith(b"}\n")  # a text file: ends with a newline
     data = json.loads((out / "results.json").read_text())
     assert data["size"] == 64 and data["backend"] == "torch" and data["thresholds"] is None
     assert [r["name"] for r in data["results"]] == ["query", "prompt"]
@@ -207,7 +245,7 @@ def test_unusual_formats_and_sizes_work(tmp_path, tiny_model, capsys):
     files.append(tmp_path / "cmyk.jpg")
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
     files.append(tmp_path / "palette.png")
-    Image.fromarray(texture(12, 9, 8)).save(tmp_path / "small.png")  # smaller than the model input
+    Image.fromarray(texture(40, 36, 8)).save(tmp_path / "small.png")  # smaller than the model input
     files.append(tmp_path / "small.png")
     Image.fromarray(texture(300, 1200, 9)).save(tmp_path / "wide.bmp")  # other size and aspect than the prompt
     files.append(tmp_path / "wide.bmp")
@@ -219,7 +257,7 @@ def test_unusual_formats_and_sizes_work(tmp_path, tiny_model, capsys):
     results = json.loads((out / "results.json").read_text())["results"]
     assert len(results) == len(files)
     sizes = {r["name"]: (r["height"], r["width"]) for r in results}
-    assert sizes["small"] == (12, 9) and sizes["wide"] == (300, 1200)
+    assert sizes["small"] == (40, 36) and sizes["wide"] == (300, 1200)
     for r in results:
         assert cv2.imread(str(out / r["map"]), cv2.IMREAD_UNCHANGED).shape == (r["height"], r["width"])
         assert cv2.imread(str(out / r["mask"]), cv2.IMREAD_UNCHANGED).shape == (r["height"], r["width"])
@@ -369,6 +407,7 @@ def test_segment_calibrate_then_reuse_stored_thresholds(tmp_path, pair, tiny_mod
     assert "calibrated:" in stdout
     stored = Path(str(tiny_model) + ".thresholds.json")  # beside the model
     assert stored.is_file()
+    assert (out / "thresholds.json").read_text().endswith("}\n") and stored.read_text().endswith("}\n")
     saved = json.loads((out / "thresholds.json").read_text())
     assert saved["method"] == "good-quantile" and saved["num_good"] == 4
     assert saved["image"] == pytest.approx(saved["good_scores"]["max"])
@@ -384,6 +423,49 @@ def test_segment_calibrate_then_reuse_stored_thresholds(tmp_path, pair, tiny_mod
         "--quiet", capsys=capsys)
     assert not (tmp_path / "out3" / "query_mask.png").exists()
     stored.unlink()
+
+
+def test_images_below_the_minimum_side_are_refused(tmp_path, pair, tiny_model, capsys):
+    prompt, query = pair
+    tiny = save_rgb(tmp_path / "tiny10.png", texture(10, 10, 3))  # decodes fine, too small to segment
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, tiny, "--out", tmp_path / "o",
+                            "--model", tiny_model, capsys=capsys)
+    assert code == 1
+    line = next(l for l in stdout.splitlines() if "too small" in l)
+    assert "tiny10.png" in line and "10x10" in line and "at least 32" in line
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["name"] for r in results["results"]] == ["query"]
+    code, _, err = run("segment", "--prompt", tiny, "--query", query, "--out", tmp_path / "o2", "--model",
+                       tiny_model, capsys=capsys)
+    assert_one_line_error(code, err, "prompt", "tiny10.png", "too small", "at least 32")
+
+
+def test_thresholds_calibrated_untiled_are_not_used_for_tiled_runs(tmp_path, pair, tiny_model, capsys):
+    prompt, query = pair
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(3):
+        save_rgb(good / f"g{i}.png", texture(80, 96, 0))
+    code, _, _ = run("calibrate", "--prompt", prompt, "--good", good, "--model", tiny_model, capsys=capsys)
+    assert code == 0
+    stored = json.loads(Path(str(tiny_model) + ".thresholds.json").read_text())["entries"]
+    assert [e["tile"] for e in stored] == ["off"]
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, "--out", tmp_path / "tiled", "--model",
+                            tiny_model, "--tile", "auto", capsys=capsys)
+    assert code == 0 and "using thresholds" not in stdout
+    notes = [line for line in err.splitlines() if "--tile off" in line]
+    assert len(notes) == 1 and "calibrate with the same --tile" in notes[0], err
+    assert not (tmp_path / "tiled" / "query_mask.png").exists()
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, "--out", tmp_path / "untiled",
+                            "--model", tiny_model, "--tile", "off", capsys=capsys)
+    assert code == 0 and "using thresholds from stored calibration" in stdout and "--tile" not in err
+    assert (tmp_path / "untiled" / "query_mask.png").is_file()
+    code, _, _ = run("calibrate", "--prompt", prompt, "--good", good, "--model", tiny_model, "--tile", "auto",
+                     capsys=capsys)
+    code, stdout, err = run("segment", "--prompt", prompt, "--query", query, "--out", tmp_path / "tiled2", "--model",
+                            tiny_model, "--tile", "auto", capsys=capsys)
+    assert code == 0 and "using thresholds from stored calibration" in stdout and "--tile" not in err
+    Path(str(tiny_model) + ".thresholds.json").unlink()
 
 
 def test_calibrate_command_with_labelled_bad(tmp_path, tiny_model, capsys):

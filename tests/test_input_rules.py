@@ -124,3 +124,15 @@ def test_batch_tensor_error_says_what_works(segmenter):
 
     with pytest.raises(InputError, match=r"\(C,H,W\).*tensor\[0\]"):
         read_image(torch.rand(1, 3, 32, 32))
+
+
+def test_with_an_8_bit_prompt_wide_queries_are_scaled_by_their_own_maximum(segmenter):
+    """What README and `segment --help` say: an 8-bit prompt decides no depth, so a 16-bit
+    query without sBIT is scaled by the smallest depth holding its own largest value."""
+    segmenter.set_prompt(np.zeros((40, 40, 3), np.uint8))
+    assert segmenter.query_depth is None
+    scalings = [segmenter.read_query(np.full((40, 40), top, np.uint16)).scaling for top in (1000, 4000)]
+    assert scalings == ["10-bit (from this image's largest value)", "12-bit (from this image's largest value)"]
+    segmenter.set_prompt(np.full((40, 40), 1000, np.uint16))  # a wide prompt without sBIT decides the depth
+    assert segmenter.read_query(np.full((40, 40), 4000, np.uint16)).scaling == \
+        "10-bit (depth of the prompt; brighter values clipped)"

@@ -172,8 +172,8 @@ class CountingPredictor(Predictor):
 @pytest.mark.parametrize("size,budget", [(64, 2.0), (1024, 2.0), (640, 2.0), (256, 0.8)])
 def test_default_batch_comes_from_the_memory_budget(size, budget):
     pred = CountingPredictor(size, memory_budget=budget)
-    pred.set_prompt(np.zeros((8, 8, 3), np.uint8))
-    pred.segment([np.zeros((8, 8, 3), np.uint8)] * 9)
+    pred.set_prompt(np.zeros((32, 32, 3), np.uint8))
+    pred.segment([np.zeros((32, 32, 3), np.uint8)] * 9)
     expected = auto_batch_size(size, size, int(budget * 1024**3), DEFAULT_MAX_BATCH)
     assert pred.auto_batch() == expected and pred.calls[0] == expected
     assert sum(pred.calls) == 9 and max(pred.calls) == expected
@@ -184,8 +184,8 @@ def test_memory_budget_picks_smaller_batches_for_bigger_inputs_and_explicit_wins
     assert batches[0] > batches[1] > batches[2] == 1
     assert CountingPredictor(1024, memory_budget=8).auto_batch() > 1
     explicit = CountingPredictor(1024, batch_size=3)
-    explicit.set_prompt(np.zeros((8, 8, 3), np.uint8))
-    explicit.segment([np.zeros((8, 8, 3), np.uint8)] * 4)
+    explicit.set_prompt(np.zeros((32, 32, 3), np.uint8))
+    explicit.segment([np.zeros((32, 32, 3), np.uint8)] * 4)
     assert explicit.calls == [3, 1]
     with pytest.raises(InputError):
         CountingPredictor(256, memory_budget=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from typing import Sequence
 
 from metauas import __version__
@@ -33,6 +34,19 @@ COMMANDS = {"segment": 0, "calibrate": 0, "export": 0, "info": 0, "synth": 1, "e
             "train": 3, "serve": 4}  # command -> index into COMMAND_MODULES
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, ``<prog>: error: <message>``, exit 2
+    (sub-command parsers are of the same class); ``--help`` still prints the full usage."""
+
+    def error(self, message: str) -> "typing.NoReturn":  # type: ignore[override]
+        """Print ``message`` as one line on stderr and exit with status 2.
+
+        Raises:
+            SystemExit: always, with code 2.
+        """
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `metauas` argument parser: one subcommand per module of COMMAND_MODULES, or only
     ``command``'s module when it is known (keeps start-up small); modules of areas that are not
@@ -42,7 +56,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         ModuleNotFoundError: a command module fails to import because of another missing module.
     """
     modules = [COMMAND_MODULES[COMMANDS[command]]] if command in COMMANDS else COMMAND_MODULES
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="metauas",
         description="Universal anomaly segmentation from one normal image (MetaUAS).",
     )

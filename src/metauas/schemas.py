@@ -136,7 +136,7 @@ THRESHOLD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "image": _is_number, "pixel": _is_number, "method": lambda v: isinstance(v, str),
     "model": lambda v: isinstance(v, str), "model_digest": lambda v: isinstance(v, str),
     "size": lambda v: _is_int(v) and 0 <= v <= 1_000_000, "prompt_fingerprint": lambda v: isinstance(v, str),
-    "quantile": lambda v: v is None or _is_number(v), "num_good": _is_int, "num_bad": _is_int,
+    "tile": lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "quantile": lambda v: v is None or _is_number(v), "num_good": _is_int, "num_bad": _is_int,
     "good_scores": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
     "image_f1": lambda v: v is None or _is_number(v), "pixel_f1": lambda v: v is None or _is_number(v),
     "good_flagged": lambda v: v is None or _is_number(v), "created": lambda v: isinstance(v, str),

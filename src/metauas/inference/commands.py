@@ -98,10 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `segment`, `calibrate`, `export` and `info` subcommands to the parser."""
     seg = subparsers.add_parser(
         "segment", help="segment query images against normal prompt image(s)",
-        description="Writes <name>_map.png (16-bit), <name>_overlay.png, <name>_mask.png (when a "
+        description="Writes <name>_map.png (16-bit: value / 65535 = anomaly map value), <name>_overlay.png, <name>_mask.png (when a "
                     "threshold is known), results.json and results.csv to --out. Images with more than 8 "
-                    "bits per channel are scaled by their real bit depth (PNG sBIT, else decided from "
-                    "the prompt); results record the scaling used.",
+                    "bits per channel are scaled by their PNG sBIT depth; without sBIT, by a depth "
+                    "decided from the prompt when the prompt is such an image too, else (8-bit, float or "
+                    "sBIT prompt) by each query's own largest value. results record the scaling used.",
         epilog="Exit codes: 0 all queries processed, 1 some unreadable queries skipped, 2 error.")
     prompt = seg.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", nargs="+", metavar="GOOD",
@@ -110,8 +111,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt-pool", nargs="+", metavar="GOOD",
                         help="a pool of good images (folders/globs): each query is compared with its "
                              "--pool-k most similar ones (MetaUAS*); results record which")
-    seg.add_argument("--pool-k", type=_positive_int, default=1, metavar="K",
-                     help="with --prompt-pool: prompts per query (default 1)")
+    seg.add_argument("--pool-k", type=_positive_int, default=None, metavar="K",
+                     help="with --prompt-pool: prompts per query, at most the pool size (default 1)")
     seg.add_argument("--query", nargs="+", required=True, metavar="PATH|DIR|GLOB",
                      help="query image(s), folder(s) or glob(s)")
     seg.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -120,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     thr.add_argument("--threshold", type=_probability, default=None, metavar="T",
                      help="image threshold: anomalous when score > T (also the pixel threshold)")
     thr.add_argument("--calibrate", default=None, metavar="DIR_OF_GOOD",
-                     help="choose thresholds from these good images first (saved beside the model)")
+                     help="choose thresholds from these good images first (saved beside a model file, else in "
+                          "the user data folder)")
     thr.add_argument("--thresholds", default=None, metavar="FILE", help="read thresholds from a JSON file")
     seg.add_argument("--pixel-threshold", type=_probability, default=None, metavar="T",
                      help="pixel threshold for masks (default: the image threshold)")
@@ -134,13 +136,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal = subparsers.add_parser(
         "calibrate", help="choose image/pixel thresholds from good (and optionally bad) images",
         description="Runs the model on known-good images (and optionally a few labelled bad ones), "
-                    "chooses thresholds and saves them beside the model (or in the user data folder).")
+                    "chooses thresholds and saves them beside the model file (bundled models: in the user "
+                    "data folder, $METAUAS_HOME/thresholds, else $XDG_DATA_HOME/metauas/thresholds, else "
+                    "~/.local/share/metauas/thresholds), keyed by model, size, prompt and --tile.")
     cal.add_argument("--prompt", nargs="+", required=True, metavar="GOOD", help="normal prompt image(s)")
     cal.add_argument("--good", nargs="+", required=True, metavar="PATH|DIR|GLOB", help="known-good images")
     _add_calibration_options(cal, prefix="")
     _add_model_options(cal)
     cal.add_argument("--save", default=None, metavar="FILE",
-                     help="threshold file to update (default: beside the model)")
+                     help="threshold file to update (default: beside a model file, else in the user data "
+                          "folder)")
     cal.set_defaults(func=run_calibrate)
 
     exp = subparsers.add_parser(
@@ -217,7 +222,8 @@ def _known_thresholds(args: argparse.Namespace, engine: Engine, prompts: list[Pa
         if args.pixel_threshold is not None:
             found.pixel = args.pixel_threshold
         return found, f"calibration on {args.calibrate}"
-    return engine.thresholds(fingerprint(prompts), args.threshold, args.pixel_threshold, args.thresholds, _warn)
+    return engine.thresholds(fingerprint(prompts), args.threshold, args.pixel_threshold, args.thresholds, _warn,
+                             note=lambda text: print(f"metauas: note: {text}", file=sys.stderr))
 
 
 # ============================================================================ segment
@@ -253,6 +259,17 @@ def _check_segment_options(args: argparse.Namespace) -> None:
         raise InputError("--calibrate-bad/--calibrate-masks need --calibrate DIR_OF_GOOD")
     if args.prompt_pool is not None and args.backend != "torch":
         raise InputError("--prompt-pool needs --backend torch")
+    if args.pool_k is not None and args.prompt_pool is None:
+        raise InputError("--pool-k needs --prompt-pool (with --prompt every prompt is used for every query)")
+
+
+def _check_pool_k(args: argparse.Namespace, pool_size: int) -> None:
+    """--pool-k (default 1) must not exceed the number of pool images (certainly a mistake)."""
+    if args.pool_k is None:
+        args.pool_k = 1
+    if args.pool_k > pool_size:
+        raise InputError(f"--pool-k {args.pool_k} is larger than the prompt pool ({pool_size} image"
+                         f"{'s' if pool_size != 1 else ''})")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -262,13 +279,16 @@ def run_segment(args: argparse.Namespace) -> int:
     Returns:
         0 when every query was processed, 1 when unreadable queries were skipped.
     Raises:
-        InputError: invalid options, more k-shot prompts than MAX_KSHOT, unusable prompt or
-            output folder (and the engine's errors).
+        InputError: invalid options (e.g. --pool-k without --prompt-pool or larger than the
+            pool), more k-shot prompts than MAX_KSHOT, unusable prompt or output folder (and the
+            engine's errors).
     """
     started = time.perf_counter()
     _check_segment_options(args)
     pool = args.prompt_pool is not None
     prompts = resolve_images(args.prompt_pool if pool else args.prompt, "prompt")
+    if pool:
+        _check_pool_k(args, len(prompts))
     if not pool and len(prompts) > MAX_KSHOT:
         raise InputError(f"{len(prompts)} prompt images given; k-shot takes at most {MAX_KSHOT} "
                          "(use --prompt-pool to pick the most similar ones per query)")
@@ -339,7 +359,7 @@ def _report(args: argparse.Namespace, run: BatchRun, thresholds, source: str, ou
 # ============================================================================ calibrate
 def run_calibrate(args: argparse.Namespace) -> int:
     """`metauas calibrate`: choose image/pixel thresholds from good (and optionally bad) images,
-    print them and save them beside the model.
+    print them and save them (beside a model file, else in the user data folder).
 
     Returns:
         0 when saved, 1 when they could not be saved.

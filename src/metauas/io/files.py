@@ -111,6 +111,9 @@ def prepare_output_dir(out: Path, planned: Sequence[str], overwrite: bool) -> No
 def lock_output_dir(out: Path):
     """Hold `out/.metauas.lock` for one run (a `filelock.FileLock`; call ``release()``).
 
+    The empty lock file stays after the run: removing it on release would let a run that opened
+    the old file just before the removal and a run that creates a new one both hold the lock.
+
     Raises:
         InputError: another run holds the lock.
     """

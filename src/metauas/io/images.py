@@ -12,9 +12,10 @@ Rules (one for every input type):
 * **Bit depth**: integer pixels are divided by ``2**bits - 1`` of their *real* bit depth:
   8 for uint8; for wider data the PNG ``sBIT`` chunk where a file has one; otherwise a depth
   decided once from the prompt images (`prompt_depth`: the smallest of 10/12/14/16 bits that
-  holds their largest value) and applied to every query, so a query's scaling never changes
+  holds their largest value) and applied to every query, so a query's scaling does not change
   with its own maximum (values above the prompt's range saturate, and the scaling says so).
-  Without a prompt (a single `load_image` call) the image's own maximum decides.
+  Without such a prompt (8-bit, float or sBIT prompts; or a single `load_image` call) there is
+  no prompt depth and each wide image's own maximum decides.
   16-bit colour PNG/TIFF files are decoded with OpenCV (Pillow keeps only their high byte).
   `LoadedImage.scaling` says which scaling was used.
 * Floats must lie in [0, 1]; EXIF rotation is applied; files and bytes pass the allow-listed
@@ -45,7 +46,8 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor, "Load
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 ALLOWED_DESCRIPTION = "PNG, JPEG, BMP, TIFF or WebP"
 MAX_PIXELS = 100_000_000  # about 10k x 10k; larger files are refused (decompression bombs)
-MIN_SIDE = 8
+MIN_SIDE = 8  # smallest image decoded at all (masks and maps may be small)
+MIN_SEGMENT_SIDE = 32  # smallest prompt or query segmented: below it the encoder sees ~1 feature cell
 DEPTHS = (8, 10, 12, 14, 16, 24, 32)  # candidate bit depths of integer data without metadata
 
 
@@ -375,6 +377,20 @@ def read_image(source: ImageLike, name: str | None = None, depth: int | None = N
         raise InputError(f"unsupported image type {type(source).__name__} (use a path, PIL image, "
                          "numpy array or torch tensor)")
     return _finish(raw, what, depth)
+
+
+def check_segment_side(image: LoadedImage, what: str) -> LoadedImage:
+    """``image`` when both sides are at least MIN_SEGMENT_SIDE px (smaller prompts or queries give
+    meaningless scores: the encoder's coarsest features are 32 px apart).
+
+    Raises:
+        InputError: an image side is below MIN_SEGMENT_SIDE.
+    """
+    h, w = image.rgb.shape[:2]
+    if min(h, w) < MIN_SEGMENT_SIDE:
+        raise InputError(f"{what}: image too small to segment ({w}x{h}); at least {MIN_SEGMENT_SIDE} pixels "
+                         "per side")
+    return image
 
 
 def load_image(source: ImageLike, name: str | None = None, depth: int | None = None) -> np.ndarray:

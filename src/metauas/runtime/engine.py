@@ -25,7 +25,7 @@ from metauas.runtime.onnx_backend import OnnxSegmenter
 from metauas.runtime.onnx_format import DECODER_FILE, ENCODER_FILE, OnnxMetadata
 from metauas.runtime.predictor import DEFAULT_MEMORY_BUDGET_GIB, Predictor, check_tile
 from metauas.runtime.thresholds import (Thresholds, calibrate, fingerprint, load_thresholds, read_threshold_file,
-                                        save_thresholds, store_path)
+                                        save_thresholds, store_path, tile_key)
 from metauas.runtime.torch_backend import Segmenter
 from metauas.threads import configure_threads
 
@@ -73,21 +73,37 @@ class Engine:
         """Threshold store of this model (beside a model file, else in the user data folder)."""
         return store_path(self.model_ref, self.model_name)
 
-    def stored_thresholds(self, prompt_key: str, warn: Log | None = None) -> Thresholds | None:
-        """Thresholds calibrated for this model, size and prompt (fingerprint), or None; a
-        corrupt store is ignored (and reported through `warn`)."""
+    @property
+    def tile(self) -> str:
+        """The segmenter's tile setting in stored form ("off", "auto" or the side in px as text)."""
+        return tile_key(getattr(self.segmenter, "tile", "off"))
+
+    def stored_thresholds(self, prompt_key: str, warn: Log | None = None,
+                          note: Log | None = None) -> Thresholds | None:
+        """Thresholds calibrated for this model, size, prompt (fingerprint) and tile setting, or
+        None; a corrupt store is ignored (and reported through `warn`). An entry calibrated
+        with another tile setting is not used; `note` is told why in one line."""
+        path = self.store_path()
         try:
-            return load_thresholds(self.store_path(), self.digest, self.size, prompt_key)
+            found = load_thresholds(path, self.digest, self.size, prompt_key, tile=self.tile)
+            other = None if found is not None else load_thresholds(path, self.digest, self.size, prompt_key)
         except InputError as exc:
             if warn is not None:
                 warn(f"ignoring stored thresholds: {exc}")
             return None
+        if other is not None and note is not None:
+            note(f"stored thresholds for this model and prompt were calibrated with --tile {other.tile}, not "
+                 f"--tile {self.tile}, so they are not used (tiled and untiled scores differ); calibrate with "
+                 f"the same --tile")
+        return found
 
     def thresholds(self, prompt_key: str, threshold: float | None = None, pixel_threshold: float | None = None,
-                   thresholds_file: str | None = None, warn: Log | None = None) -> tuple[Thresholds | None, str]:
+                   thresholds_file: str | None = None, warn: Log | None = None,
+                   note: Log | None = None) -> tuple[Thresholds | None, str]:
         """(thresholds, where they came from): a manual `threshold` (image and, unless
-        `pixel_threshold`, pixel), a threshold file, or the stored calibration for this prompt;
-        (None, "") when none is known. `pixel_threshold` overrides the pixel threshold of any.
+        `pixel_threshold`, pixel), a threshold file, or the stored calibration for this prompt and
+        tile setting (`stored_thresholds`; `note` hears why one for another tile setting is not
+        used); (None, "") when none is known. `pixel_threshold` overrides the pixel threshold of any.
 
         Raises:
             InputError: unreadable threshold file, or `pixel_threshold` with no image threshold.
@@ -95,11 +111,11 @@ class Engine:
         if threshold is not None:
             pixel = pixel_threshold if pixel_threshold is not None else threshold
             return Thresholds(image=threshold, pixel=pixel, method="manual", model=self.model_name,
-                              model_digest=self.digest, size=self.size), "--threshold"
+                              model_digest=self.digest, size=self.size, tile=self.tile), "--threshold"
         if thresholds_file:
             found, source = read_threshold_file(thresholds_file), str(thresholds_file)
         else:
-            found, source = self.stored_thresholds(prompt_key, warn), f"stored calibration {self.store_path()}"
+            found, source = self.stored_thresholds(prompt_key, warn, note), f"stored calibration {self.store_path()}"
         if found is None:
             if pixel_threshold is not None:
                 raise InputError("--pixel-threshold needs an image threshold too (--threshold, --thresholds or "

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from metauas.errors import InputError
-from metauas.io.images import ImageLike, LoadedImage, prompt_depth, read_image, to_model_tensor
+from metauas.io.images import (ImageLike, LoadedImage, check_segment_side, prompt_depth, read_image,
+                               to_model_tensor)
 from metauas.scoring import DEFAULT_TOP_FRACTION, image_score, tiled_image_score
 from metauas.tiling import Predict, auto_batch_size, should_tile, tiled_anomaly_map
 
@@ -207,7 +208,8 @@ class Predictor:
         """Read prompt image(s), decide `query_depth` from them, return (K, 3, S, S) in [0, 1].
 
         Raises:
-            InputError: no image, or an image cannot be read.
+            InputError: no image, an image cannot be read, or one is smaller than
+                MIN_SEGMENT_SIDE px per side.
         """
         items, loaded = self._read_prompt_images(images)
         return torch.cat([to_model_tensor(image.rgb, self.size) for image in loaded])
@@ -217,7 +219,7 @@ class Predictor:
         items = as_list(images)
         if not items:
             raise InputError("at least one prompt image is needed")
-        loaded = [read_image(p) for p in items]
+        loaded = [check_segment_side(read_image(p), f"prompt {_what(p)}") for p in items]
         self.query_depth = prompt_depth(loaded)
         return items, loaded
 
@@ -250,7 +252,8 @@ class Predictor:
             images: path, PIL image, array or tensor, or a list of K of them (any size; each
                 is resized to S x S; tiling uses them at full resolution).
         Raises:
-            InputError: no image, an unreadable image, or more prompts than the backend takes.
+            InputError: no image, an unreadable image, one smaller than MIN_SEGMENT_SIDE px per
+                side, or more prompts than the backend takes.
         """
         items, loaded = self._read_prompt_images(images)
         batch = torch.cat([to_model_tensor(image.rgb, self.size) for image in loaded])
@@ -263,9 +266,9 @@ class Predictor:
         """One query read with the depth rule of the current prompt (`query_depth`).
 
         Raises:
-            InputError: unreadable or unsupported image.
+            InputError: unreadable or unsupported image, or a side below MIN_SEGMENT_SIDE px.
         """
-        return read_image(source, name, depth=self.query_depth)
+        return check_segment_side(read_image(source, name, depth=self.query_depth), name or _what(source))
 
     def _batches(self, count: int, batch_size: int | None) -> Iterator[range]:
         """Index ranges of the queries that share one model call: ``batch_size`` (argument,
@@ -374,6 +377,11 @@ class Predictor:
             InputError: as `segment`.
         """
         return self.segment([query])[0]
+
+
+def _what(source: object) -> str:
+    """How messages call an image: its path, else its type name."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
 
 
 def path_name(source: object) -> str:

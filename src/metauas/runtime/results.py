@@ -247,10 +247,10 @@ class ResultWriter:
             OSError (or any error of the sink): a file could not be written.
         """
         payload = {**summary, "decision_rule": DECISION_RULE, "score_rule": SCORE_RULE, "results": self.rows}
-        self.sink.write("results.json", json.dumps(payload, indent=2).encode())
+        self.sink.write("results.json", (json.dumps(payload, indent=2) + "\n").encode())
         self.sink.write("results.csv", results_csv(self.rows).encode())
         if self.thresholds is not None and thresholds_file:
-            self.sink.write("thresholds.json", json.dumps(self.thresholds.to_dict(), indent=2).encode())
+            self.sink.write("thresholds.json", (json.dumps(self.thresholds.to_dict(), indent=2) + "\n").encode())
 
     def __enter__(self) -> "ResultWriter":
         return self

@@ -12,8 +12,11 @@ threshold that depends on the model, the input size and the normal (prompt) imag
 
 Decisions are strict: anomalous when score > image threshold, mask pixel when p > pixel
 threshold. Results are saved as JSON beside the model file (or, for bundled/untrained models,
-in the user data folder), keyed by model, input size and a fingerprint of the prompt images,
-so a later `metauas segment` with the same prompt finds them.
+in the user data folder), keyed by model, input size, tile setting and a fingerprint of the
+prompt images, so a later `metauas segment` with the same prompt and tile setting finds them.
+Tiled maps are scored differently (`metauas.scoring.tiled_image_score`), so thresholds
+calibrated with one tile setting are not used with another; entries written before the tile
+setting was recorded count as tile "off".
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Thresholds:
     model_digest: str = ""  # SHA-256 of the weights: thresholds belong to exactly these weights
     size: int = 0
     prompt_fingerprint: str = ""
+    tile: str = "off"  # the tile setting calibrated with ("off", "auto" or a side in px, as text)
     quantile: float | None = None
     num_good: int = 0
     num_bad: int = 0
@@ -79,6 +83,7 @@ class Thresholds:
         """Raises InputError for a missing or mistyped field (see metauas.schemas)."""
         data = check_threshold_entry(data, source)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["tile"] = tile_key(known.get("tile", "off"))
         return cls(**known)
 
     def describe(self) -> str:
@@ -95,6 +100,11 @@ class Thresholds:
             if self.pixel_f1 is not None:
                 text += f", pixel F1 {self.pixel_f1:.3f}"
         return text + ")"
+
+
+def tile_key(tile: Any) -> str:
+    """The stored form of a tile setting: "off" (also for None), "auto" or the side in px as text."""
+    return "off" if tile is None else str(tile).strip().lower()
 
 
 # ---------------------------------------------------------------------------- maths
@@ -247,6 +257,7 @@ def calibrate(segmenter: SegmenterLike, good: Sequence[Path], bad: Sequence[Path
     stats = {"min": float(np.min(good_scores)), "median": float(np.median(good_scores)),
              "max": float(np.max(good_scores))}
     common = dict(model=model, model_digest=model_digest, size=int(segmenter.size), prompt_fingerprint=prompt_fingerprint,
+                  tile=tile_key(getattr(segmenter, "tile", "off")),
                   num_good=len(good_scores), num_bad=len(bad_scores), good_scores=stats,
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if not bad_scores:
@@ -312,11 +323,12 @@ def store_lock(path: Path):
 
 
 def _key(entry: dict[str, Any]) -> tuple[Any, ...]:
-    return entry.get("model_digest"), int(entry.get("size", 0)), entry.get("prompt_fingerprint")
+    return (entry.get("model_digest"), int(entry.get("size", 0)), entry.get("prompt_fingerprint"),
+            tile_key(entry.get("tile", "off")))
 
 
 def save_thresholds(thresholds: Thresholds, path: Path, warn: Any = None) -> Path:
-    """Insert/replace the entry for (model, size, prompt) in the JSON store, atomically and under
+    """Insert/replace the entry for (model, size, prompt, tile) in the JSON store, atomically and under
     an inter-process lock (two concurrent calibrations keep both entries).
 
     A corrupt store is moved aside to `<name>.corrupt` and replaced by a fresh one; `warn(text)`
@@ -337,17 +349,24 @@ def save_thresholds(thresholds: Thresholds, path: Path, warn: Any = None) -> Pat
             entries = []
         entries = [e for e in entries if _key(e) != _key(thresholds.to_dict())]
         entries.append(thresholds.to_dict())
-        payload = json.dumps({"version": STORE_VERSION, "entries": entries}, indent=2)
+        payload = json.dumps({"version": STORE_VERSION, "entries": entries}, indent=2) + "\n"
         return atomic_write_text(path, payload)
 
 
 def load_thresholds(path: Path, model_digest: str | None = None, size: int | None = None,
-                    prompt_fingerprint: str | None = None) -> Thresholds | None:
-    """The stored entry matching the given fields (None = any); the newest one if several."""
+                    prompt_fingerprint: str | None = None, tile: Any = None) -> Thresholds | None:
+    """The stored entry matching the given fields (None = any); the newest one if several.
+
+    ``tile`` compares with `tile_key` (an entry without a tile setting counts as "off").
+
+    Raises:
+        InputError: the store is unreadable or not a threshold store.
+    """
     matches = [e for e in _read_store(Path(path))
                if (model_digest is None or e.get("model_digest") == model_digest)
                and (size is None or int(e.get("size", 0)) == size)
-               and (prompt_fingerprint is None or e.get("prompt_fingerprint") == prompt_fingerprint)]
+               and (prompt_fingerprint is None or e.get("prompt_fingerprint") == prompt_fingerprint)
+               and (tile is None or tile_key(e.get("tile", "off")) == tile_key(tile))]
     return Thresholds.from_dict(matches[-1], f"threshold file {path}") if matches else None
 
 
