@@ -17,6 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_DIR = Path(os.environ.get("METAUAS_OFFICIAL_DIR", REPO.parent / "shared" / "official"))
 
 
+@pytest.fixture(autouse=True)
+def _user_folder(tmp_path, monkeypatch):
+    """Every test gets its own user data folder (stored calibrations, exports), never ~/.local."""
+    monkeypatch.setenv("METAUAS_HOME", str(tmp_path / "metauas_home"))
+
+
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     if not (OFFICIAL_DIR / "fill.py").is_file():

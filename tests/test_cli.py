@@ -22,6 +22,8 @@ from metauas.scoring import image_score
 import torch
 from PIL import Image
 
+from imagegen import texture
+
 from metauas.cli import main
 from metauas.inference.visualize import read_map_png
 
@@ -29,17 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(autouse=True)
-def _user_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAUAS_HOME", str(tmp_path / "metauas_home"))
-
-
-def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 255, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8), (w, h))
-    return np.clip(base.astype(int) + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-
 
 def save_rgb(path: Path, rgb: np.ndarray) -> Path:
     Image.fromarray(rgb).save(path)

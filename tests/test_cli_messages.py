@@ -18,11 +18,6 @@ from metauas.runtime.results import FolderSink, ResultWriter
 from metauas.runtime.predictor import SegmentationResult
 
 
-@pytest.fixture(autouse=True)
-def _user_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAUAS_HOME", str(tmp_path / "metauas_home"))
-
-
 def _image(path: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)

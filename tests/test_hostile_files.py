@@ -24,11 +24,6 @@ TINY = {"encoder": "efficientnet-lite0", "alignment": "sa", "fusion": "cat", "nu
         "decoder_channels": [32, 16, 16, 8, 8], "image_size": 64, "encoder_head": None}
 
 
-@pytest.fixture(autouse=True)
-def _user_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAUAS_HOME", str(tmp_path / "metauas_home"))
-
-
 @pytest.fixture
 def images(tmp_path) -> tuple[Path, Path]:
     prompt, query = tmp_path / "p.png", tmp_path / "q.png"

@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from imagegen import texture
+
 from metauas.cli import build_parser, main
 from metauas.errors import InputError
 from metauas.io.images import to_model_tensor
@@ -31,17 +33,6 @@ S = 64  # the tiny model's size: a 160-px image is 2.5x larger
 def model() -> MetaUAS:
     torch.manual_seed(0)
     return MetaUAS(ModelConfig(encoder="efficientnet-lite0", image_size=S)).eval()
-
-
-@pytest.fixture(autouse=True)
-def _user_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAUAS_HOME", str(tmp_path / "metauas_home"))
-
-
-def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 255, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8), (w, h))
-    return np.clip(base.astype(int) + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def with_defect(rgb: np.ndarray, y: int, x: int, side: int = 6) -> np.ndarray:
