@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     print(json.dumps(report))
     if opts.out:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(report, indent=2) + "\n")
+        from metauas.atomic import atomic_write_text  # here: importing metauas sets OMP_WAIT_POLICY
+
+        atomic_write_text(opts.out, json.dumps(report, indent=2) + "\n")  # creates the folder
     return 0
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+from metauas.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "highres.json"
@@ -234,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         key += "" if opts.texture == "gravel" else f"_{opts.texture}"
         report[key] = {"size": opts.size, "defect_px": opts.defect, "shift_px": opts.shift, "texture": opts.texture,
                        "results": results}
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(opts.out, json.dumps(report, indent=2) + "\n")  # creates the folder
     return 0
 
 

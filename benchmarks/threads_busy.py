@@ -59,6 +59,7 @@ from metauas.threads import wait_policy_status
 from metauas.inference.images import load_image
 t0 = time.perf_counter()
 from metauas.inference.segmenter import Segmenter
+from metauas.atomic import atomic_write_text
 seg = Segmenter()
 setup_ms = (time.perf_counter() - t0) * 1000
 seg.set_prompt(load_image(sys.argv[1]))
@@ -180,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               "rounds": opts.rounds, "steady_queries": opts.steady, "cli_queries": opts.cli_queries,
               "elapsed_s": round(time.time() - start, 1), "summary": summary, "rows": rows}
     print(json.dumps(summary, indent=2))
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(opts.out, json.dumps(report, indent=2) + "\n")  # creates the folder
     return 0
 
 

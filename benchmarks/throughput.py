@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from metauas.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "src" / "metauas" / "examples"
@@ -112,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
     if opts.out:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(opts.out, json.dumps(report, indent=2) + "\n")  # creates the folder
     return 0
 
 

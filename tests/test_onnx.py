@@ -162,8 +162,7 @@ def test_export_parity_is_measured_on_real_images():
     from metauas.runtime.onnx_format import PARITY_TOLERANCE
 
     folder = examples_dir()
-    if folder is None:
-        pytest.skip("example images not installed")
+    assert folder is not None, "the example images are missing from the package"
     prompts, queries = parity_images(64, shots=2, batch=3)
     assert prompts.shape == (2, 3, 64, 64) and queries.shape == (3, 3, 64, 64)
     assert torch.equal(prompts[0:1], to_model_tensor(read_image(folder / "prompt.png").rgb, 64))
