@@ -132,8 +132,27 @@ def test_defects_work_without_objects_or_textures(tmp_path: Path) -> None:
         assert not p.meta["object_scene"] and p.mask.any()
 
 
+def test_texture_recrop_prompt_is_another_place_of_the_same_texture(sources: ImageSources) -> None:
+    kw = dict(texture_background_prob=1.0, crop_scale=(0.3, 0.3), no_change_rate=1.0)
+    plain = PairGenerator(sources, aligned_cfg(**kw))
+    recrop = PairGenerator(sources, aligned_cfg(texture_recrop_prob=1.0, **kw))
+    moved = 0
+    for seed in range(6):
+        a, b = plain.generate(seed), recrop.generate(seed)
+        assert not a.meta["prompt_recrop"] and b.meta["prompt_recrop"]
+        assert b.meta["background"] == a.meta["background"]  # same texture image
+        assert np.array_equal(a.query, b.query) and b.mask.sum() == 0  # query and mask unchanged
+        assert np.array_equal(a.prompt, a.query)  # aligned, no jitter: the same place
+        moved += not np.array_equal(b.prompt, b.query)
+        assert b.prompt_aligned is None  # no registered prompt exists for another place
+    assert moved >= 5
+    ident = PairGenerator(sources, aligned_cfg(texture_recrop_prob=1.0, identical_prob=1.0, **kw))
+    p = ident.generate(0)
+    assert p.meta["identical"] and not p.meta["prompt_recrop"]
+
+
 @pytest.mark.parametrize("name", ["nuisance_prob", "identical_prob", "grayscale_prob",
-                                  "object_scene_prob"])
+                                  "object_scene_prob", "texture_recrop_prob"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_config_validation_rejects_out_of_range(name: str, bad: float) -> None:
     with pytest.raises(InputError, match=name):
@@ -149,3 +168,18 @@ def test_training_config_keys_are_accepted() -> None:
                            "defect_crack": 2, "defect_pit": 1.5, "defect_stain": 1,
                            "defect_missing": 1, "global_change": 0.5}})
     assert cfg.change_weights["defect_crack"] == 2
+
+
+def test_same_surface_judges_layout_free_statistics() -> None:
+    from metauas.synthesis.local import same_surface
+
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.normal(128, 30, (256, 256, 3)).astype(np.float32), (0, 0), 2)
+    noise = np.clip(noise, 0, 255).astype(np.uint8)
+    assert same_surface(noise[:128, :128], noise[128:, 128:])  # two places of one surface
+    assert same_surface(noise[:128, :128], noise[:128, :128][::-1].copy())  # layout ignored
+    wall = noise[:128, :128].copy()
+    split = wall.copy()
+    split[:64] = 40  # half of the crop is another material
+    assert not same_surface(wall, split)
+    assert not same_surface(wall, np.clip(wall.astype(int) + 25, 0, 255).astype(np.uint8))

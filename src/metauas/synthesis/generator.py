@@ -80,6 +80,10 @@ class SynthesisConfig:
     identical_prob: float = 0.0  # share of no-change pairs returned with prompt == query exactly
     grayscale_prob: float = 0.0  # both images of the pair converted to grey (3 equal channels)
     object_scene_prob: float = 0.0  # scene = one centred cut-out on a plain background
+    # texture scenes only: share of pairs whose prompt is ANOTHER crop of the same texture image
+    # (same scale, another place), as two instances of one surface are in inspection: what is
+    # normal must be judged by appearance, not by position (never with identical pairs)
+    texture_recrop_prob: float = 0.0
     return_aligned: bool = False  # also return the un-warped prompt (tests, previews)
 
     def validate(self) -> "SynthesisConfig":
@@ -97,7 +101,8 @@ class SynthesisConfig:
             raise InputError(f"size must be an integer >= 32, got {self.size}")
         for name in ("no_change_rate", "misalign_prob", "prompt_flip_prob", "pair_flip_prob",
                      "texture_background_prob", "instance_prob", "sprite_inpaint_prob",
-                     "nuisance_prob", "identical_prob", "grayscale_prob", "object_scene_prob"):
+                     "nuisance_prob", "identical_prob", "grayscale_prob", "object_scene_prob",
+                     "texture_recrop_prob"):
             unit(name, getattr(self, name))
         if not 0.0 <= self.max_rotation <= 180.0:
             raise InputError(f"max_rotation must be in [0, 180] degrees, got {self.max_rotation}")
@@ -244,10 +249,14 @@ class PairGenerator:
         return s + 2 * int(round(self.config.context_margin * s))
 
     def _load_canvas(self, rec: ImageRecord, rng: np.random.Generator, out: int,
-                     exact: bool = False) -> tuple[np.ndarray, tuple]:
-        """Random square crop of `rec` resized to out x out, plus the crop box (x, y, side, W, H)."""
-        lo, hi = self.config.crop_scale
-        frac = float(rng.uniform(lo, hi))
+                     exact: bool = False, frac: float | None = None) -> tuple[np.ndarray, tuple]:
+        """Random square crop of `rec` resized to out x out, plus the crop box (x, y, side, W, H).
+
+        ``frac``: crop side / short image side (default: drawn from ``config.crop_scale``).
+        """
+        if frac is None:
+            lo, hi = self.config.crop_scale
+            frac = float(rng.uniform(lo, hi))
         u = rng.random(2)
         # exact: full-resolution decode, needed when COCO masks refer to original pixels
         img = load_rgb(rec.path, min_side=None if exact else int(math.ceil(out / frac)))
@@ -260,6 +269,21 @@ class PairGenerator:
 
         interp = cv2.INTER_AREA if side > out else cv2.INTER_LINEAR
         return cv2.resize(crop, (out, out), interpolation=interp), (x, y, side, w, h)
+
+    def _recrop(self, rng: np.random.Generator, rec: ImageRecord, box: tuple,
+                prompt_c: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Another crop of `rec` (same scale) that looks like the same surface, else `prompt_c`.
+
+        A texture image is often not stationary (a wall above a floor, one emblem): a crop of
+        another place is kept only when `local.same_surface` finds its local statistics close to
+        the original crop's (3 tries); otherwise the pair keeps its same-place prompt.
+        """
+        frac = box[2] / min(box[3], box[4])
+        for _ in range(3):
+            other = self._load_canvas(rec, rng, prompt_c.shape[0], frac=frac)[0]
+            if local.same_surface(prompt_c, other):
+                return other, True
+        return prompt_c, False
 
     def _pick(self, rng: np.random.Generator, recs: list[ImageRecord]) -> ImageRecord:
         """Draw one record; per-source weights follow `config.source_weighting`."""
@@ -328,6 +352,10 @@ class PairGenerator:
                      and rng.random() < cfg.identical_prob)
         if identical:  # exactly equal pair: no misalignment, no jitter, no nuisance
             mis, photo = geometry.Misalignment(), geometry.Photometric()
+        recrop = (texture_bg and not identical and cfg.texture_recrop_prob > 0
+                  and rng.random() < cfg.texture_recrop_prob)
+        if recrop:  # the prompt: another place of the same surface, at the same scale
+            prompt_c, recrop = self._recrop(rng, rec, box, prompt_c)
         if flip_pair:
             prompt_c, query_c, mask_c = prompt_c[:, ::-1], query_c[:, ::-1], mask_c[:, ::-1]
         if vflip_pair:
@@ -336,7 +364,7 @@ class PairGenerator:
         prompt = geometry.apply_photometric(geometry.warp_prompt(prompt_c, mis, S), photo)
         query = np.ascontiguousarray(query_c[m:m + S, m:m + S])
         mask = np.ascontiguousarray(mask_c[m:m + S, m:m + S]).astype(np.uint8)
-        aligned = prompt_c[m:m + S, m:m + S].copy() if cfg.return_aligned else None
+        aligned = prompt_c[m:m + S, m:m + S].copy() if cfg.return_aligned and not recrop else None
         applied: dict[str, Any] = {"prompt": None, "query": None}
         if cfg.nuisance_prob > 0 and not identical:
             if rng.random() < cfg.nuisance_prob:
@@ -347,7 +375,8 @@ class PairGenerator:
         if gray:
             prompt, query = nuisance.to_gray3(prompt), nuisance.to_gray3(query)
             aligned = nuisance.to_gray3(aligned) if aligned is not None else None
-        meta.update(identical=bool(identical), nuisance=applied, grayscale=bool(gray))
+        meta.update(identical=bool(identical), nuisance=applied, grayscale=bool(gray),
+                    prompt_recrop=bool(recrop))
         meta.update(
             pair_hflip=bool(flip_pair), pair_vflip=bool(vflip_pair),
             misalignment=asdict(mis), photometric=asdict(photo),

@@ -125,3 +125,30 @@ def mean_change(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     if not inside.any():
         return 0.0
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16))[inside].mean())
+
+
+def _block_stats(img: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, sorted means and standard deviations (grey levels) of a blocks x blocks grid.
+
+    Returns two (C, blocks * blocks) arrays.
+    """
+    g = img.astype(np.float32)
+    g = g[..., None] if g.ndim == 2 else g
+    h, w = (g.shape[0] // blocks) * blocks, (g.shape[1] // blocks) * blocks
+    b = g[:h, :w].reshape(blocks, h // blocks, blocks, w // blocks, -1).transpose(4, 0, 2, 1, 3)
+    b = b.reshape(b.shape[0], blocks * blocks, -1)
+    return np.sort(b.mean(axis=2), axis=1), np.sort(b.std(axis=2), axis=1)
+
+
+def same_surface(a: np.ndarray, b: np.ndarray, blocks: int = 8, max_mean: float = 6.0,
+                 max_std: float = 4.0) -> bool:
+    """Whether two crops (H,W,3 or H,W uint8) look like two places of one stationary surface.
+
+    Compares, per channel, the sorted distributions (not the positions) of local block means and
+    standard deviations: mean absolute differences at most `max_mean` and `max_std` grey levels.
+    A crop with a different layout of the same material passes; a wall against a floor, or a
+    crop that shows a different part of a non-repeating image, does not.
+    """
+    ma, sa = _block_stats(a, blocks)
+    mb, sb = _block_stats(b, blocks)
+    return float(np.abs(ma - mb).mean()) <= max_mean and float(np.abs(sa - sb).mean()) <= max_std
