@@ -52,3 +52,8 @@ run --run-dir runs/default/stage5 --init-from runs/default/stage4/last.safetenso
 CFG=configs/metauas-lite0-256-compare.yaml
 run --run-dir runs/default/stage6 --init-from runs/default/stage5/last.safetensors \
     --cache-features false --steps "${STAGE6_STEPS:-1500}" --max-minutes "${STAGE6_MINUTES:-0}" --num-workers 1
+
+# Not part of the bundled model (measured, README "What else was measured"): stage 7 continued
+# stage 6's last weights with prompts that show another place of the same texture:
+#   metauas train --config configs/metauas-lite0-256-recrop.yaml --cache-features false \
+#       --run-dir runs/default/stage7 --init-from runs/default/stage6/last.safetensors --steps 450
