@@ -365,6 +365,24 @@ class PairGenerator:
         query = np.ascontiguousarray(query_c[m:m + S, m:m + S])
         mask = np.ascontiguousarray(mask_c[m:m + S, m:m + S]).astype(np.uint8)
         aligned = prompt_c[m:m + S, m:m + S].copy() if cfg.return_aligned and not recrop else None
+        prompt, query, aligned, applied, gray = self._nuisances(rng, prompt, query, aligned, identical)
+        meta.update(identical=bool(identical), nuisance=applied, grayscale=bool(gray),
+                    prompt_recrop=bool(recrop))
+        meta.update(
+            pair_hflip=bool(flip_pair), pair_vflip=bool(vflip_pair),
+            misalignment=asdict(mis), photometric=asdict(photo),
+            prompt_to_query=geometry.prompt_to_query_matrix(mis, S, C).tolist(),
+        )
+        return ChangePair(prompt=prompt, query=query, mask=mask, change_type=ctype, meta=meta,
+                          prompt_aligned=aligned)
+
+    def _nuisances(self, rng: np.random.Generator, prompt: np.ndarray, query: np.ndarray,
+                   aligned: np.ndarray | None, identical: bool) -> tuple:
+        """Nuisances (per image, never for identical pairs), then grey for the whole pair.
+
+        Returns (prompt, query, aligned, applied {"prompt", "query"}, grey flag).
+        """
+        cfg = self.config
         applied: dict[str, Any] = {"prompt": None, "query": None}
         if cfg.nuisance_prob > 0 and not identical:
             if rng.random() < cfg.nuisance_prob:
@@ -375,15 +393,7 @@ class PairGenerator:
         if gray:
             prompt, query = nuisance.to_gray3(prompt), nuisance.to_gray3(query)
             aligned = nuisance.to_gray3(aligned) if aligned is not None else None
-        meta.update(identical=bool(identical), nuisance=applied, grayscale=bool(gray),
-                    prompt_recrop=bool(recrop))
-        meta.update(
-            pair_hflip=bool(flip_pair), pair_vflip=bool(vflip_pair),
-            misalignment=asdict(mis), photometric=asdict(photo),
-            prompt_to_query=geometry.prompt_to_query_matrix(mis, S, C).tolist(),
-        )
-        return ChangePair(prompt=prompt, query=query, mask=mask, change_type=ctype, meta=meta,
-                          prompt_aligned=aligned)
+        return prompt, query, aligned, applied, gray
 
     # -------------------------------------------------------------- local changes
     def _local(self, rng: np.random.Generator, ctype: str, canvas: np.ndarray, m: int,
