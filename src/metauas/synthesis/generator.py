@@ -249,38 +249,29 @@ class PairGenerator:
         return s + 2 * int(round(self.config.context_margin * s))
 
     def _load_canvas(self, rec: ImageRecord, rng: np.random.Generator, out: int,
-                     exact: bool = False, frac: float | None = None) -> tuple[np.ndarray, tuple]:
-        """Random square crop of `rec` resized to out x out, plus the crop box (x, y, side, W, H).
-
-        ``frac``: crop side / short image side (default: drawn from ``config.crop_scale``).
-        """
-        if frac is None:
-            lo, hi = self.config.crop_scale
-            frac = float(rng.uniform(lo, hi))
+                     exact: bool = False) -> tuple[np.ndarray, tuple]:
+        """Random square crop of `rec` resized to out x out, plus the crop box (x, y, side, W, H)."""
+        lo, hi = self.config.crop_scale
+        frac = float(rng.uniform(lo, hi))
         u = rng.random(2)
         # exact: full-resolution decode, needed when COCO masks refer to original pixels
         img = load_rgb(rec.path, min_side=None if exact else int(math.ceil(out / frac)))
         h, w = img.shape[:2]
-        side = max(2, int(round(frac * min(h, w))))
-        x = int(u[0] * (w - side + 1))
-        y = int(u[1] * (h - side + 1))
-        crop = img[y:y + side, x:x + side]
-        import cv2  # local: keep module import cheap for CLI help
-
-        interp = cv2.INTER_AREA if side > out else cv2.INTER_LINEAR
-        return cv2.resize(crop, (out, out), interpolation=interp), (x, y, side, w, h)
+        return _square_crop(img, max(2, int(round(frac * min(h, w)))), u, out)
 
     def _recrop(self, rng: np.random.Generator, rec: ImageRecord, box: tuple,
                 prompt_c: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Another crop of `rec` (same scale) that looks like the same surface, else `prompt_c`.
+        """Another crop of `rec` (same side as `box`) that looks like the same surface, else `prompt_c`.
 
         A texture image is often not stationary (a wall above a floor, one emblem): a crop of
         another place is kept only when `local.same_surface` finds its local statistics close to
-        the original crop's (3 tries); otherwise the pair keeps its same-place prompt.
+        the original crop's (3 tries, one decode); otherwise the pair keeps its same-place prompt.
         """
-        frac = box[2] / min(box[3], box[4])
+        side, w, h = box[2], box[3], box[4]
+        out = prompt_c.shape[0]
+        img = load_rgb(rec.path, min_side=int(math.ceil(out / (side / min(w, h)))))
         for _ in range(3):
-            other = self._load_canvas(rec, rng, prompt_c.shape[0], frac=frac)[0]
+            other = _square_crop(img, side, rng.random(2), out)[0]
             if local.same_surface(prompt_c, other):
                 return other, True
         return prompt_c, False
@@ -574,6 +565,18 @@ class PairGenerator:
         with_b, mask_b = objects.paste(removed, sprite_b, cx, cy)
         meta["object_new"] = name_b
         return canvas, with_b, (hole | mask_b).astype(np.uint8)
+
+
+def _square_crop(img: np.ndarray, side: int, u: np.ndarray, out: int) -> tuple[np.ndarray, tuple]:
+    """The side x side crop of `img` at relative position `u` (2 numbers in [0, 1)), resized to
+    out x out, plus its box (x, y, side, W, H)."""
+    import cv2  # local: keep module import cheap for CLI help
+
+    h, w = img.shape[:2]
+    x = int(u[0] * (w - side + 1))
+    y = int(u[1] * (h - side + 1))
+    interp = cv2.INTER_AREA if side > out else cv2.INTER_LINEAR
+    return cv2.resize(img[y:y + side, x:x + side], (out, out), interpolation=interp), (x, y, side, w, h)
 
 
 def _source_cdf(recs: list[ImageRecord], mode: str) -> np.ndarray:
