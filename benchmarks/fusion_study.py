@@ -73,16 +73,20 @@ def dump(model_name: str, root: str, seeds: list[int], cache: Path, dtype: type 
     return files
 
 
-def score(rule: str, files: list[Path]) -> dict:
+def load(files: list[Path]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The dumped arrays of every file, read once: (category, {L, P1, P2, masks, labels})."""
+    return [(f.stem.rsplit("_", 1)[0], dict(np.load(f))) for f in files]
+
+
+def score(rule: str, dumped: list[tuple[str, dict[str, np.ndarray]]]) -> dict:
     """Metrics of one rule: per category (mean over seeds) and their mean."""
     per: dict[str, list[dict]] = {}
     env = {"np": np, "sig": lambda x: 1.0 / (1.0 + np.exp(-x))}
-    for f in files:
-        z = np.load(f)
+    for cat, z in dumped:
         arrays = {k: z[k].astype(np.float32) for k in ("L", "P1", "P2")}
         maps = np.asarray(eval(rule, env, arrays), dtype=np.float32)  # noqa: S307 (a study script)
         m = evaluate(list(z["masks"]), list(maps), labels=z["labels"], image_scores=image_scores(maps))
-        per.setdefault(f.stem.rsplit("_", 1)[0], []).append(m)
+        per.setdefault(cat, []).append(m)
     cats = {c: {k: float(np.mean([m[k] for m in ms])) for k in KEYS} for c, ms in per.items()}
     return {"categories": cats, "mean": {k: float(np.mean([v[k] for v in cats.values()])) for k in KEYS}}
 
@@ -96,11 +100,11 @@ def main() -> int:
     ap.add_argument("--rule", action="append", default=[], help="numpy expression of L, P1, P2")
     ap.add_argument("--json", type=Path, default=None)
     opts = ap.parse_args()
-    files = dump(opts.model, opts.root, opts.seeds, opts.cache)
+    dumped = load(dump(opts.model, opts.root, opts.seeds, opts.cache))
     report = {"model": opts.model, "root": opts.root, "seeds": opts.seeds, "rules": {}}
     print(f"{'rule':28s} " + " ".join(f"{k:>8s}" for k in KEYS) + "   P-AUROC per category")
     for rule in opts.rule or DEFAULT_RULES:
-        r = report["rules"][rule] = score(rule, files)
+        r = report["rules"][rule] = score(rule, dumped)
         per_cat = " / ".join(f"{100 * v['P-AUROC']:.1f}" for v in r["categories"].values())
         print(f"{rule:28s} " + " ".join(f"{100 * r['mean'][k]:8.1f}" for k in KEYS) + f"   {per_cat}", flush=True)
     if opts.json:

@@ -31,7 +31,7 @@ def test_rules_reproduce_eval(dumped: tuple[Path, list[Path]], tmp_path: Path, r
     """The default rule, the baseline and the network alone equal `metauas eval` (no --method,
     --method patchmatch, --method network) per category."""
     root, files = dumped
-    study = fusion_study.score(rule, files)
+    study = fusion_study.score(rule, fusion_study.load(files))
     report = run_evaluation(EvalConfig(dataset="mvtec", root=root, out=tmp_path / "eval", seeds=(1, 3),
                                        method=method, progress=False))
     for cat, metrics in study["categories"].items():
