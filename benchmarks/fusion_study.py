@@ -12,9 +12,11 @@ Step 2: every rule (a numpy expression of L, P1, P2 with ``sig`` = sigmoid) beco
 map; the metrics are those of `metauas eval` (image score: mean of the top 0.1 %), mean over
 seeds, then over categories.
 
-This is how the README's "how the patch-matching term was chosen" numbers and the fusion rules
-reported in the model card were measured: one network pass per image, any number of rules.
-Use it to validate and select, never to fit anything on the evaluation data.
+It reproduces the README's rows for the default, the baseline and the network alone, and its
+table of fusion rules (one network pass per image, any number of rules). The patch-matching
+variants of the README's other table (3x3 only, f2, a rotation bank) came from one-off scripts
+and are not covered here. Use it to validate and select, never to fit anything on the
+evaluation data.
 """
 
 from __future__ import annotations
