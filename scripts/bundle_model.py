@@ -44,6 +44,8 @@ def main() -> int:
                     help="fusion weight stored in the model config: map = (1-w) model + w patch matching")
     ap.add_argument("--patchmatch-neighbourhood", type=int, default=None,
                     help="odd k: patch matching averages plain and k x k-neighbourhood distances (1 = plain), stored in the config")
+    ap.add_argument("--input-padding", type=int, default=None,
+                    help="px of reflect padding per side of the encoder input (multiple of 32), stored in the config")
     ap.add_argument("--attach", action="append", default=[], metavar="KEY=FILE",
                     help="add a JSON file to the card under KEY (e.g. realdev=eval/metrics.json)")
     ap.add_argument("--note", action="append", default=[], metavar="KEY=TEXT", help="add a text field to the card")
@@ -66,6 +68,10 @@ def main() -> int:
         model.config.patchmatch_neighbourhood = args.patchmatch_neighbourhood
         model.config.validate()
         card["model_config"]["patchmatch_neighbourhood"] = args.patchmatch_neighbourhood
+    if args.input_padding is not None:
+        model.config.input_padding = args.input_padding
+        model.config.validate()
+        card["model_config"]["input_padding"] = args.input_padding
     if args.temperature is not None:
         model.config.temperature = args.temperature
         model.config.validate()

@@ -88,6 +88,9 @@ def check_model_config(data: Any, source: str) -> dict[str, Any]:
     if "patchmatch_neighbourhood" in data and (not _is_int(data["patchmatch_neighbourhood"])
                                                or data["patchmatch_neighbourhood"] not in (1, 3, 5, 7)):
         raise bad("patchmatch_neighbourhood", f"must be 1, 3, 5 or 7, got {str(data['patchmatch_neighbourhood'])[:40]}")
+    if "input_padding" in data and (not _is_int(data["input_padding"]) or data["input_padding"] % 32
+                                    or not 0 <= data["input_padding"] <= 128):
+        raise bad("input_padding", f"must be a multiple of 32 from 0 to 128, got {str(data['input_padding'])[:40]}")
     if "temperature" in data:
         t = data["temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.05 <= float(t) <= 100.0:
@@ -212,6 +215,9 @@ def check_train_config(data: Mapping[str, Any], defaults: Any, source: str) -> N
     if "patchmatch_neighbourhood" in data and data["patchmatch_neighbourhood"] not in (1, 3, 5, 7):
         raise InputError(f"{source}: patchmatch_neighbourhood must be 1, 3, 5 or 7, "
                          f"got {data['patchmatch_neighbourhood']}")
+    if "input_padding" in data and (data["input_padding"] % 32 or not 0 <= data["input_padding"] <= 128):
+        raise InputError(f"{source}: input_padding must be a multiple of 32 from 0 to 128, "
+                         f"got {data['input_padding']}")
     if "decoder_channels" in data:
         check_model_config({"decoder_channels": data["decoder_channels"]}, source)
 

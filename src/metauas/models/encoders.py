@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from metauas.errors import CheckpointError
 from metauas.models.efficientnet import EfficientNet, EfficientNetConfig, b_series, lite_series
+
+MAX_INPUT_PADDING = 128  # px per side (`encode_padded`)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +81,37 @@ class Encoder(EfficientNet):
         """
         x = (images - self.mean) / self.std  # true division, as torchvision Normalize
         return [x] + super().forward(x)
+
+
+def encode_padded(encoder: nn.Module, images: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    """Encoder features of reflect-padded images, cropped back to the unpadded grid.
+
+    The encoder's convolutions pad with zeros, so features near the image border differ from
+    those inside even on a uniform surface; comparing a query with a prompt then finds
+    "changes" along the border. Mirroring `pad` px of the image on each side moves that
+    artefact outside the crop that is kept (level l is cropped by ``pad >> l``).
+
+    Args:
+        encoder: returns [f0..f5] for (B,3,H,W), level l of stride 2**l (`Encoder`).
+        images: (B,3,H,W) in [0,1], H and W multiples of 32.
+        pad: px per side, a multiple of 32 (0 = the encoder as is). Images whose side is not
+            larger than `pad` are padded by edge replication instead (reflection needs pad < side).
+
+    Returns:
+        the encoder's six levels, level l of shape (B,C_l,H/2**l,W/2**l), in the memory format the
+        encoder produced.
+    """
+    if pad == 0:
+        return encoder(images)
+    mode = "reflect" if pad < min(images.shape[-2:]) else "replicate"
+    features = encoder(F.pad(images, (pad, pad, pad, pad), mode=mode))
+    out = []
+    for level, f in enumerate(features):
+        c = pad >> level
+        fmt = torch.channels_last if f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) \
+            and not f.is_contiguous() else torch.contiguous_format
+        out.append(f[..., c:f.shape[-2] - c, c:f.shape[-1] - c].contiguous(memory_format=fmt))
+    return out
 
 
 def available_encoders() -> list[str]:

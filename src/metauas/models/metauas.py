@@ -13,7 +13,7 @@ from metauas.constants import STRIDE
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, fuse, fused_channels
 from metauas.models.comparison import COMPARISON_TYPES, Comparison, patchmatch_map
 from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
-from metauas.models.encoders import ENCODERS, build_encoder
+from metauas.models.encoders import ENCODERS, MAX_INPUT_PADDING, build_encoder, encode_padded
 from metauas.scoring import DEFAULT_TOP_FRACTION, image_scores
 
 
@@ -35,6 +35,10 @@ class ModelConfig:
         patchmatch_neighbourhood: odd side k (1..7) of a PatchCore neighbourhood: for k > 1 the
             patch-matching map averages plain and k x k-averaged feature distances
             (`metauas.models.comparison.patchmatch_map`); 1 = plain only.
+        input_padding: px of reflect padding added on each side of the encoder input; the features
+            are cropped back to the unpadded grid (`metauas.models.encoders.encode_padded`), so
+            the zero padding of the encoder's convolutions no longer shows at the image border.
+            A multiple of 32 from 0 (paper) to 128.
     """
     encoder: str = "efficientnet-lite0"
     alignment: str = "sa"  # sa (soft, paper) | ha (hard) | na (none)
@@ -47,6 +51,7 @@ class ModelConfig:
     temperature: float = 1.0  # anomaly map = sigmoid(logits / temperature) (calibration; 1 = paper)
     patchmatch_weight: float = 0.0  # anomaly map = (1-w) * model + w * patch matching (0 = model only)
     patchmatch_neighbourhood: int = 1  # k > 1: patch matching also on k x k-averaged features (PatchCore)
+    input_padding: int = 0  # reflect padding (px per side) of the encoder input, features cropped back
 
     def validate(self) -> None:
         """Check every field.
@@ -54,7 +59,8 @@ class ModelConfig:
         Raises:
             ValueError: unknown encoder/alignment/fusion/comparison, num_aligned outside 0..5,
                 image_size not a multiple of 32, patchmatch_weight outside [0, 1],
-                patchmatch_neighbourhood not an odd integer in 1..7 or temperature outside [0.05, 100].
+                patchmatch_neighbourhood not an odd integer in 1..7, temperature outside [0.05, 100]
+                or input_padding not a multiple of 32 in 0..128.
         """
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; available: {sorted(ENCODERS)}")
@@ -72,6 +78,10 @@ class ModelConfig:
             raise ValueError(f"patchmatch_neighbourhood must be 1, 3, 5 or 7, got {self.patchmatch_neighbourhood}")
         if not 0.05 <= float(self.temperature) <= 100.0:
             raise ValueError(f"temperature must be in [0.05, 100], got {self.temperature}")
+        if not (isinstance(self.input_padding, int) and 0 <= self.input_padding <= MAX_INPUT_PADDING
+                and self.input_padding % STRIDE == 0):
+            raise ValueError(f"input_padding must be a multiple of {STRIDE} from 0 to {MAX_INPUT_PADDING}, "
+                             f"got {self.input_padding}")
         if self.comparison not in COMPARISON_TYPES:
             raise ValueError(f"unknown comparison {self.comparison!r}; choose from {COMPARISON_TYPES}")
 
@@ -165,6 +175,9 @@ class MetaUAS(nn.Module):
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features f0..f5 of images in [0,1]; accepts (B,3,H,W) or (B,K,3,H,W).
 
+        With ``config.input_padding`` p > 0 the images are reflect-padded by p px per side before
+        the encoder and every level is cropped back to the unpadded grid.
+
         Returns:
             six tensors, level l of shape (B,C_l,H/2**l,W/2**l) (an extra K axis for k-shot input).
         Raises:
@@ -179,7 +192,7 @@ class MetaUAS(nn.Module):
         if images.shape[-1] % STRIDE or images.shape[-2] % STRIDE:
             raise ValueError(f"image height and width must be multiples of {STRIDE}, got {tuple(images.shape[-2:])}")
         with torch.no_grad():
-            return self.encoder(images)
+            return encode_padded(self.encoder, images, int(self.config.input_padding))
 
     def prepare_prompt(self, prompt: torch.Tensor) -> PromptFeatures:
         """Encode prompt(s) once; the result is reused by `forward_features` for many queries."""
