@@ -57,3 +57,14 @@ run --run-dir runs/default/stage6 --init-from runs/default/stage5/last.safetenso
 # stage 6's last weights with prompts that show another place of the same texture:
 #   metauas train --config configs/metauas-lite0-256-recrop.yaml --cache-features false \
 #       --run-dir runs/default/stage7 --init-from runs/default/stage6/last.safetensors --steps 450
+#
+# Bundling (the shipped model): stage 6's checkpoint at step 579, written to
+# src/metauas/weights/ with its model card by scripts/bundle_model.py; the map options of the
+# default pipeline were set with its --patchmatch-weight 0.8, --patchmatch-neighbourhood 3 and
+# --input-padding 32, each when that option was chosen (the weights never changed), e.g.
+#   python scripts/bundle_model.py src/metauas/weights/metauas-lite0-256.safetensors --input-padding 32
+# Not part of the bundled model: stage 9 trained on padded inputs from stage 6's last weights
+# (measured worse once fused, README):
+#   metauas train --config configs/metauas-lite0-256-compare.yaml --input-padding 32 \
+#       --cache-features false --run-dir runs/default/stage9 \
+#       --init-from runs/default/stage6/last.safetensors --steps 300 --lr 0.00005 --warmup-steps 10
