@@ -74,8 +74,12 @@ def test_fusion_and_temperature_follow_their_formula():
         ModelConfig(patchmatch_weight=1.5).validate()
 
 
-def test_config_round_trip_and_segmenter_onnx_parity(tmp_path):
-    model = lite(comparison="cosine", patchmatch_weight=0.3, temperature=1.5, patchmatch_neighbourhood=3)
+@pytest.mark.parametrize("padding", [0, 32])
+def test_config_round_trip_and_segmenter_onnx_parity(tmp_path, padding):
+    """Every map option survives save/load, and Segmenter (optimised copy) and ONNX give the eager
+    model's maps; with ``input_padding`` the ONNX encoder graph carries the reflect padding."""
+    model = lite(comparison="cosine", patchmatch_weight=0.3, temperature=1.5, patchmatch_neighbourhood=3,
+                 input_padding=padding)
     with torch.no_grad():
         model.comparison.head.weight.normal_(0, 0.5)
         for conv in model.comparison.inject.values():
@@ -83,7 +87,7 @@ def test_config_round_trip_and_segmenter_onnx_parity(tmp_path):
     path = save_safetensors(model, tmp_path / "m.safetensors")
     loaded = load_checkpoint(path).eval()
     assert asdict(loaded.config)["patchmatch_weight"] == 0.3 and loaded.config.comparison == "cosine"
-    assert loaded.config.patchmatch_neighbourhood == 3
+    assert loaded.config.patchmatch_neighbourhood == 3 and loaded.config.input_padding == padding
     q, p = images(3, 5), images(1, 6)
     with torch.no_grad():
         expected = model(q, p.expand(3, -1, -1, -1))
