@@ -183,3 +183,19 @@ def test_same_surface_judges_layout_free_statistics() -> None:
     split[:64] = 40  # half of the crop is another material
     assert not same_surface(wall, split)
     assert not same_surface(wall, np.clip(wall.astype(int) + 25, 0, 255).astype(np.uint8))
+
+
+def test_surface_finish_change_is_a_large_texture_change_and_opt_in(sources: ImageSources) -> None:
+    gen = PairGenerator(sources, aligned_cfg(size=128))
+    variants, areas = set(), []
+    for seed in range(12):
+        p = gen.generate(seed, change_type="defect_finish")
+        variants.add(p.meta["variant"])
+        inside = p.mask > 0
+        areas.append(p.mask.mean())
+        shift = p.query[inside].astype(float).mean() - p.prompt_aligned[inside].astype(float).mean()
+        assert abs(shift) < 8.0  # brightness about the same: only the texture differs
+    assert variants == {"striations", "smoothed", "contrast"}
+    assert np.median(areas) >= 0.1  # regions, not spots (flat areas a smoothing leaves alone stay normal)
+    assert "defect_finish" not in SynthesisConfig().change_weights  # opt-in: default pair sets unchanged
+    assert "defect_finish" not in PairGenerator(sources, SynthesisConfig(size=64)).available_types

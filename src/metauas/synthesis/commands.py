@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated change types to draw from (default: all available): "
                         "local_texture,local_patch,local_color,object_disappear,object_appear,"
                         "object_exchange,defect_crack,defect_pit,defect_stain,defect_missing,"
-                        "global_change")
+                        "global_change; opt-in: defect_finish")
     p.add_argument("--no-change-rate", type=float, default=None)
     p.add_argument("--max-rotation", type=float, default=None, help="degrees (default 30)")
     p.add_argument("--max-translation", type=float, default=None, help="fraction (default 0.05)")

@@ -1,4 +1,5 @@
-"""Inspection-style defects: cracks, pits, stains, missing material and whole-frame failures.
+"""Inspection-style defects: cracks, pits, stains, missing material, surface-finish changes and
+whole-frame failures.
 
 Why: real industrial anomalies (MVTec AD, VisA, MPDD) are thin cracks and scratches, small
 pits / blowholes, low-contrast stains, chipped or broken edges and missing parts, plus
@@ -26,7 +27,7 @@ import numpy as np
 
 from metauas.synthesis.perlin import perlin_noise
 
-DEFECT_TYPES = ("defect_crack", "defect_pit", "defect_stain", "defect_missing", "global_change")
+DEFECT_TYPES = ("defect_crack", "defect_pit", "defect_stain", "defect_missing", "global_change", "defect_finish")
 Foreign = Callable[[int], np.ndarray]  # side -> (side, side, 3) uint8 foreign content
 
 
@@ -209,6 +210,65 @@ def make_stain(win: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None
     diff = np.abs(changed - img).max(axis=2)
     mask = (diff >= visible).astype(np.uint8)
     return finish(win, changed, mask)
+
+
+# ------------------------------------------------------------------------------ surface finish
+def _finish_region(rng: np.random.Generator, S: int) -> np.ndarray:
+    """Soft (S, S) float32 alpha of a large region: a band along one edge (depth 15-45 % of the
+    frame, Perlin-wavy inner border) or a Perlin-distorted blob (radius 20-40 % of the frame)."""
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) / S
+    wobble = 0.08 * perlin_noise((S, S), (2, 2), rng)
+    if rng.random() < 0.6:
+        depth = float(rng.uniform(0.15, 0.45))
+        dist = (yy, 1.0 - yy, xx, 1.0 - xx)[int(rng.integers(0, 4))]  # distance from one edge
+        field = (depth - dist + wobble) / 0.03
+    else:
+        cx, cy = rng.uniform(0.3, 0.7, size=2)
+        r = float(rng.uniform(0.2, 0.4))
+        field = (r - np.hypot(xx - cx, yy - cy) + 2.0 * wobble) / 0.03
+    return np.clip(field, 0.0, 1.0).astype(np.float32)
+
+
+def make_finish(win: np.ndarray, rng: np.random.Generator, visible: float = 2.0,
+                ) -> tuple[np.ndarray, np.ndarray, str]:
+    """A surface-finish change over a large region ("uneven" surfaces, grinding or polishing
+    marks): in a band along one edge or a large blob, the fine texture gets directional
+    striations (motion-blurred noise, 8-25 grey levels, streaks 8-40 px at 256), is smoothed
+    (Gaussian sigma 1.5-4 px) or has its local contrast scaled (x0.3-0.6 or x1.6-2.5). The mean
+    brightness stays about the same, so only a comparison of texture finds it.
+
+    Mask: region pixels whose 9x9-box-averaged absolute change is >= `visible` grey levels (a
+    texture change makes a contiguous mask; a flat area that the change leaves untouched stays
+    normal). Returns (changed, mask, variant) with variant "striations" | "smoothed" | "contrast".
+    """
+    S = win.shape[0]
+    f = S / 256.0
+    img = win.astype(np.float32)
+    alpha = _finish_region(rng, S)
+    v = int(rng.integers(0, 3))
+    if v == 0:
+        length = max(3, int(round(float(rng.uniform(8.0, 40.0)) * f)))
+        kernel = np.zeros((length, length), np.float32)
+        kernel[length // 2, :] = 1.0 / length
+        rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), float(rng.uniform(0, 180)), 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (length, length))
+        kernel /= max(float(kernel.sum()), 1e-6)
+        streaks = cv2.filter2D(rng.normal(0.0, 1.0, size=(S, S)).astype(np.float32), -1, kernel)
+        streaks *= float(rng.uniform(8.0, 25.0)) / max(float(streaks.std()), 1e-6)
+        target = img + streaks[..., None]
+    else:
+        sigma = max(0.8, float(rng.uniform(1.5, 4.0)) * f)
+        local_mean = cv2.GaussianBlur(img, (0, 0), sigma)
+        if v == 1:
+            target = local_mean
+        else:
+            k = float(rng.uniform(0.3, 0.6)) if rng.random() < 0.5 else float(rng.uniform(1.6, 2.5))
+            target = local_mean + k * (img - local_mean)
+    changed = np.clip(np.round(img + alpha[..., None] * (target - img)), 0, 255)
+    diff = cv2.blur(np.abs(changed - img).max(axis=2), (9, 9))
+    mask = ((alpha > 0.5) & (diff >= visible)).astype(np.uint8)
+    out, mask = finish(win, changed, mask)
+    return out, mask, ("striations", "smoothed", "contrast")[v]
 
 
 # ------------------------------------------------------------------------------ missing material

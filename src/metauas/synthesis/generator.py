@@ -35,8 +35,11 @@ NO_CHANGE = "none"
 ALL_TYPES = CHANGE_TYPES + (NO_CHANGE,)
 
 
+OPT_IN_TYPES = ("defect_finish",)  # newer types: off by default, so seeded pair sets made before stay identical
+
+
 def _default_weights() -> dict[str, float]:
-    return {t: 1.0 for t in CHANGE_TYPES}
+    return {t: 1.0 for t in CHANGE_TYPES if t not in OPT_IN_TYPES}
 
 
 @dataclass
@@ -456,6 +459,9 @@ class PairGenerator:
         elif ctype == "defect_missing":
             bg = plate[m:m + S, m:m + S] if plate is not None and obj is not None else None
             changed, mq, kind = defects.make_missing(win, rng, obj, self._foreign(rng), bg)
+            meta["variant"] = kind
+        elif ctype == "defect_finish":
+            changed, mq, kind = defects.make_finish(win, rng)
             meta["variant"] = kind
         else:
             changed, mq, kind = defects.make_global(win, rng, self._foreign(rng))
