@@ -20,6 +20,7 @@ MAX_DECODER_CHANNELS = 1024
 MAX_DECODER_LEVELS = 8
 MAX_IMAGE_SIZE = 2048
 MAX_SHOTS = 64
+MAX_INPUT_PADDING = 128  # px per side of the encoder input (ModelConfig.input_padding)
 MAX_DEPTH = 4  # nesting of JSON objects we accept (threshold entries are flat)
 
 
@@ -39,6 +40,11 @@ def _depth(value: Any, level: int = 0) -> int:
     if isinstance(value, list):
         return max([_depth(v, level + 1) for v in value] or [level + 1])
     return level
+
+
+def valid_input_padding(value: Any) -> bool:
+    """True for an allowed `ModelConfig.input_padding`: an int, multiple of 32, 0..MAX_INPUT_PADDING."""
+    return _is_int(value) and value % 32 == 0 and 0 <= value <= MAX_INPUT_PADDING
 
 
 def check_model_config(data: Any, source: str) -> dict[str, Any]:
@@ -88,9 +94,9 @@ def check_model_config(data: Any, source: str) -> dict[str, Any]:
     if "patchmatch_neighbourhood" in data and (not _is_int(data["patchmatch_neighbourhood"])
                                                or data["patchmatch_neighbourhood"] not in (1, 3, 5, 7)):
         raise bad("patchmatch_neighbourhood", f"must be 1, 3, 5 or 7, got {str(data['patchmatch_neighbourhood'])[:40]}")
-    if "input_padding" in data and (not _is_int(data["input_padding"]) or data["input_padding"] % 32
-                                    or not 0 <= data["input_padding"] <= 128):
-        raise bad("input_padding", f"must be a multiple of 32 from 0 to 128, got {str(data['input_padding'])[:40]}")
+    if "input_padding" in data and not valid_input_padding(data["input_padding"]):
+        raise bad("input_padding", f"must be a multiple of 32 from 0 to {MAX_INPUT_PADDING}, "
+                                   f"got {str(data['input_padding'])[:40]}")
     if "temperature" in data:
         t = data["temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.05 <= float(t) <= 100.0:
@@ -215,8 +221,8 @@ def check_train_config(data: Mapping[str, Any], defaults: Any, source: str) -> N
     if "patchmatch_neighbourhood" in data and data["patchmatch_neighbourhood"] not in (1, 3, 5, 7):
         raise InputError(f"{source}: patchmatch_neighbourhood must be 1, 3, 5 or 7, "
                          f"got {data['patchmatch_neighbourhood']}")
-    if "input_padding" in data and (data["input_padding"] % 32 or not 0 <= data["input_padding"] <= 128):
-        raise InputError(f"{source}: input_padding must be a multiple of 32 from 0 to 128, "
+    if "input_padding" in data and not valid_input_padding(data["input_padding"]):
+        raise InputError(f"{source}: input_padding must be a multiple of 32 from 0 to {MAX_INPUT_PADDING}, "
                          f"got {data['input_padding']}")
     if "decoder_channels" in data:
         check_model_config({"decoder_channels": data["decoder_channels"]}, source)

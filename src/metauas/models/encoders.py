@@ -18,8 +18,6 @@ from torch import nn
 from metauas.errors import CheckpointError
 from metauas.models.efficientnet import EfficientNet, EfficientNetConfig, b_series, lite_series
 
-MAX_INPUT_PADDING = 128  # px per side (`encode_padded`)
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs scaled as (x*255 - 127) / 128 (TF model garden).

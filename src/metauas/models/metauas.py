@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from metauas.constants import STRIDE
+from metauas.schemas import MAX_INPUT_PADDING, valid_input_padding
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, fuse, fused_channels
 from metauas.models.comparison import COMPARISON_TYPES, Comparison, patchmatch_map
 from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
-from metauas.models.encoders import ENCODERS, MAX_INPUT_PADDING, build_encoder, encode_padded
+from metauas.models.encoders import ENCODERS, build_encoder, encode_padded
 from metauas.scoring import DEFAULT_TOP_FRACTION, image_scores
 
 
@@ -78,8 +79,7 @@ class ModelConfig:
             raise ValueError(f"patchmatch_neighbourhood must be 1, 3, 5 or 7, got {self.patchmatch_neighbourhood}")
         if not 0.05 <= float(self.temperature) <= 100.0:
             raise ValueError(f"temperature must be in [0.05, 100], got {self.temperature}")
-        if not (isinstance(self.input_padding, int) and 0 <= self.input_padding <= MAX_INPUT_PADDING
-                and self.input_padding % STRIDE == 0):
+        if not valid_input_padding(self.input_padding):
             raise ValueError(f"input_padding must be a multiple of {STRIDE} from 0 to {MAX_INPUT_PADDING}, "
                              f"got {self.input_padding}")
         if self.comparison not in COMPARISON_TYPES:
