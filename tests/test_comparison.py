@@ -12,7 +12,8 @@ from metauas.inference import Segmenter
 from metauas.inference.export import OnnxExportConfig, export_onnx
 from metauas.inference.onnx_backend import OnnxRunner
 from metauas.models import MetaUAS, ModelConfig, load_checkpoint, save_safetensors
-from metauas.models.comparison import nearest_cosine_distance, neighbourhood_average, patchmatch_map
+from metauas.models.comparison import (nearest_cosine_distance, nearest_relative_l2_distance, neighbourhood_average,
+                                       patchmatch_map)
 from metauas.training.config import TrainConfig
 from metauas.training.trainer import build_model_from_config, parameter_groups
 
@@ -74,12 +75,43 @@ def test_fusion_and_temperature_follow_their_formula():
         ModelConfig(patchmatch_weight=1.5).validate()
 
 
-@pytest.mark.parametrize("padding", [0, 32])
-def test_config_round_trip_and_segmenter_onnx_parity(tmp_path, padding):
+def _nearest_l2_reference(q: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """torch.cdist over all pooled prompt positions, divided by their mean norm: (B, h*w)."""
+    flat = (prompt.permute(0, 2, 1, 3, 4) if prompt.dim() == 5 else prompt).flatten(2).expand(q.shape[0], -1, -1)
+    d = torch.cdist(q.flatten(2).transpose(1, 2), flat.transpose(1, 2)).amin(dim=2)
+    return d / flat.norm(dim=1).mean(dim=1, keepdim=True)
+
+
+def test_relative_l2_distance_is_patchcores_distance_over_the_prompts_mean_norm():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 16, 5, 6, generator=g) * 7
+    shared, kshot = torch.randn(1, 16, 4, 4, generator=g) * 7, torch.randn(2, 3, 16, 4, 5, generator=g)
+    for prompt in (shared, kshot):
+        d = nearest_relative_l2_distance(q, prompt)
+        assert d.shape == (2, 1, 5, 6)
+        assert float((d.flatten(1) - _nearest_l2_reference(q, prompt)).abs().max()) < 1e-4
+    assert float(nearest_relative_l2_distance(q, q).abs().max()) == 0.0  # exact, not rounding noise
+    other = torch.randn(2, 16, 5, 6, generator=g)
+    assert float(nearest_relative_l2_distance(q, torch.stack([other, q], dim=1)).abs().max()) == 0.0  # q is one of K
+    # scale-free: scaling both sides leaves it unchanged; unlike cosine it sees a contrast change
+    assert torch.allclose(nearest_relative_l2_distance(3 * q, 3 * shared), nearest_relative_l2_distance(q, shared))
+    assert float(nearest_cosine_distance(2 * q, q).abs().max()) < 1e-5
+    assert float(nearest_relative_l2_distance(2 * q, q).min()) > 0.1
+    with pytest.raises(ValueError, match="do not fit"):
+        nearest_relative_l2_distance(q, torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match="distance"):
+        patchmatch_map([q] * 5, [shared] * 5, (10, 12), distance="manhattan")
+    with pytest.raises(ValueError, match="patchmatch_distance"):
+        ModelConfig(patchmatch_distance="manhattan").validate()
+
+
+@pytest.mark.parametrize("padding,distance", [(0, "cosine"), (32, "l2")])
+def test_config_round_trip_and_segmenter_onnx_parity(tmp_path, padding, distance):
     """Every map option survives save/load, and Segmenter (optimised copy) and ONNX give the eager
-    model's maps; with ``input_padding`` the ONNX encoder graph carries the reflect padding."""
+    model's maps; with ``input_padding`` the ONNX encoder graph carries the reflect padding, with
+    ``patchmatch_distance="l2"`` the decoder graph the Euclidean patch matching."""
     model = lite(comparison="cosine", patchmatch_weight=0.3, temperature=1.5, patchmatch_neighbourhood=3,
-                 input_padding=padding)
+                 input_padding=padding, patchmatch_distance=distance)
     with torch.no_grad():
         model.comparison.head.weight.normal_(0, 0.5)
         for conv in model.comparison.inject.values():
@@ -88,6 +120,7 @@ def test_config_round_trip_and_segmenter_onnx_parity(tmp_path, padding):
     loaded = load_checkpoint(path).eval()
     assert asdict(loaded.config)["patchmatch_weight"] == 0.3 and loaded.config.comparison == "cosine"
     assert loaded.config.patchmatch_neighbourhood == 3 and loaded.config.input_padding == padding
+    assert loaded.config.patchmatch_distance == distance
     q, p = images(3, 5), images(1, 6)
     with torch.no_grad():
         expected = model(q, p.expand(3, -1, -1, -1))
@@ -142,7 +175,8 @@ def test_neighbourhood_average_is_the_local_mean_and_feeds_patch_matching():
 
 @pytest.mark.parametrize("field,value", [("patchmatch_weight", 2.0), ("patchmatch_weight", "0.5"),
                                          ("patchmatch_neighbourhood", 4), ("patchmatch_neighbourhood", 3.0),
-                                         ("temperature", 0.0), ("comparison", "l2")])
+                                         ("temperature", 0.0), ("comparison", "l2"),
+                                         ("patchmatch_distance", "manhattan")])
 def test_model_metadata_of_the_new_fields_is_checked(field, value):
     from metauas.errors import CheckpointError
     from metauas.schemas import check_model_config

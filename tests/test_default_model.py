@@ -40,5 +40,8 @@ def test_default_model_segments_the_example_defects(segmenter):
     mask = np.asarray(Image.open(EXAMPLES / "query_mask.png")) > 0
     assert defect.anomaly_map.shape == mask.shape
     assert roc_auc_score(mask.ravel(), defect.anomaly_map.ravel()) > 0.9
-    assert defect.anomaly_map[mask].mean() > 5 * defect.anomaly_map[~mask].mean()
+    # separation, independent of the map's background level (patch matching's Euclidean distance
+    # between two different normal images is not 0): 3/4 of the defect's pixels score above 99 %
+    # of the normal ones
+    assert np.percentile(defect.anomaly_map[mask], 25) > np.percentile(defect.anomaly_map[~mask], 99)
     assert same.score < defect.score  # the normal image itself is less anomalous than the defect

@@ -24,7 +24,7 @@ def dumped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return root, fusion_study.dump("metauas-lite0-256", str(root), [1, 3], cache, dtype=np.float32)
 
 
-@pytest.mark.parametrize("rule,method", [("0.2*sig(L)+0.8*P2", "metauas"), ("P1", "patchmatch"),
+@pytest.mark.parametrize("rule,method", [("0.2*sig(L)+0.8*E2", "metauas"), ("P1", "patchmatch"),
                                          ("sig(L)", "network")])
 def test_rules_reproduce_eval(dumped: tuple[Path, list[Path]], tmp_path: Path, rule: str,
                               method: str) -> None:

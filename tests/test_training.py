@@ -267,3 +267,6 @@ def test_patchmatch_weight_in_the_training_config_is_checked(tmp_path):
     assert TrainConfig.from_dict({"patchmatch_neighbourhood": 3}).model_config().patchmatch_neighbourhood == 3
     with pytest.raises(InputError, match="patchmatch_neighbourhood"):
         TrainConfig.from_dict({"patchmatch_neighbourhood": 2})
+    assert TrainConfig.from_dict({"patchmatch_distance": "l2"}).model_config().patchmatch_distance == "l2"
+    with pytest.raises(InputError, match="patchmatch_distance"):
+        TrainConfig.from_dict({"patchmatch_distance": "manhattan"})

@@ -56,7 +56,7 @@ def check_model_config(data: Any, source: str) -> dict[str, Any]:
         CheckpointError: not a mapping, a field of the wrong type, or a size out of bounds.
     """
     from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES
-    from metauas.models.comparison import COMPARISON_TYPES
+    from metauas.models.comparison import COMPARISON_TYPES, PATCHMATCH_DISTANCES
     from metauas.models.encoders import ENCODERS
 
     def bad(field: str, why: str) -> CheckpointError:
@@ -94,6 +94,8 @@ def check_model_config(data: Any, source: str) -> dict[str, Any]:
     if "patchmatch_neighbourhood" in data and (not _is_int(data["patchmatch_neighbourhood"])
                                                or data["patchmatch_neighbourhood"] not in (1, 3, 5, 7)):
         raise bad("patchmatch_neighbourhood", f"must be 1, 3, 5 or 7, got {str(data['patchmatch_neighbourhood'])[:40]}")
+    if "patchmatch_distance" in data and data["patchmatch_distance"] not in PATCHMATCH_DISTANCES:
+        raise bad("patchmatch_distance", f"must be one of {list(PATCHMATCH_DISTANCES)}")
     if "input_padding" in data and not valid_input_padding(data["input_padding"]):
         raise bad("input_padding", f"must be a multiple of 32 from 0 to {MAX_INPUT_PADDING}, "
                                    f"got {str(data['input_padding'])[:40]}")
@@ -224,6 +226,12 @@ def check_train_config(data: Mapping[str, Any], defaults: Any, source: str) -> N
     if "input_padding" in data and not valid_input_padding(data["input_padding"]):
         raise InputError(f"{source}: input_padding must be a multiple of 32 from 0 to {MAX_INPUT_PADDING}, "
                          f"got {data['input_padding']}")
+    if "patchmatch_distance" in data:
+        from metauas.models.comparison import PATCHMATCH_DISTANCES
+
+        if data["patchmatch_distance"] not in PATCHMATCH_DISTANCES:
+            raise InputError(f"{source}: patchmatch_distance must be one of {list(PATCHMATCH_DISTANCES)}, "
+                             f"got {str(data['patchmatch_distance'])[:40]!r}")
     if "decoder_channels" in data:
         check_model_config({"decoder_channels": data["decoder_channels"]}, source)
 

@@ -21,13 +21,14 @@ exactly what it computed before, and training decides how much to use them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["COMPARISON_TYPES", "COMPARISON_LEVELS", "PATCHMATCH_LEVELS", "nearest_cosine_distance",
+__all__ = ["COMPARISON_TYPES", "COMPARISON_LEVELS", "PATCHMATCH_LEVELS", "PATCHMATCH_DISTANCES",
+           "nearest_cosine_distance", "nearest_relative_l2_distance",
            "aligned_cosine_distance", "patchmatch_map", "neighbourhood_average", "Comparison"]
 
 COMPARISON_TYPES: tuple[str, ...] = ("none", "cosine")
@@ -35,6 +36,21 @@ COMPARISON_LEVELS: tuple[int, ...] = (3, 4, 5)
 # Distances between normal features are ~0.05-0.3; x10 puts the signals on the scale of unit
 # activations, so the zero-initialised 1x1 convolutions reach useful weights in few steps.
 SIGNAL_GAIN = 10.0
+
+
+def _pooled_prompt(query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """Prompt features as (B, C, M): K prompts pooled, a leading batch of 1 shared by all B.
+
+    Raises:
+        ValueError: when prompt and query features have different channel counts or batch.
+    """
+    b, c = query.shape[:2]
+    prompt = prompt.permute(0, 2, 1, 3, 4).flatten(2) if prompt.dim() == 5 else prompt.flatten(2)
+    if prompt.shape[0] == 1 and b > 1:
+        prompt = prompt.expand(b, -1, -1)
+    if prompt.shape[0] != b or prompt.shape[1] != c:
+        raise ValueError(f"prompt features {tuple(prompt.shape)} do not fit query features {tuple(query.shape)}")
+    return prompt
 
 
 def nearest_cosine_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -50,23 +66,55 @@ def nearest_cosine_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: in
     Raises:
         ValueError: when prompt and query features have different channel counts or batch.
     """
-    b, c, h, w = query.shape
-    if prompt.dim() == 5:
-        prompt = prompt.permute(0, 2, 1, 3, 4).flatten(2)  # (B, C, K*h'*w')
-    else:
-        prompt = prompt.flatten(2)
-    if prompt.shape[0] == 1 and b > 1:
-        prompt = prompt.expand(b, -1, -1)
-    if prompt.shape[0] != b or prompt.shape[1] != c:
-        raise ValueError(f"prompt features {tuple(prompt.shape)} do not fit query features {tuple(query.shape)}")
+    b, _, h, w = query.shape
     q = F.normalize(query.flatten(2).float(), dim=1)  # (B, C, N)
-    p = F.normalize(prompt.float(), dim=1)  # (B, C, M)
+    p = F.normalize(_pooled_prompt(query, prompt).float(), dim=1)  # (B, C, M)
     best = []
     for start in range(0, q.shape[2], chunk):
         sim = torch.einsum("bcn,bcm->bnm", q[:, :, start:start + chunk], p)
         best.append(sim.amax(dim=2))
     max_sim = torch.cat(best, dim=1).clamp(-1.0, 1.0)
     return (1.0 - max_sim).view(b, 1, h, w)
+
+
+def nearest_relative_l2_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Euclidean distance of each query position to its nearest prompt position (PatchCore's
+    score, Roth et al., CVPR 2022, Eq. 6), divided by the mean feature norm of the prompt(s).
+
+    ``d(i) = min_j |q_i - p_j| / mean_j |p_j|``. Unlike the cosine distance it keeps the
+    feature magnitude, which changes with local contrast and surface finish; the division makes
+    it independent of the level's feature scale (a query feature of zero norm or twice the
+    prompt's typical norm lies about 1 away).
+
+    Args:
+        query: (B, C, h, w) features.
+        prompt: (B, C, h', w') or (B, K, C, h', w') features (K prompts pooled together); a
+            leading batch of 1 is shared by all B queries.
+        chunk: query positions per distance block (bounds memory to chunk x K*h'*w' floats).
+    Returns:
+        (B, 1, h, w) float32 distances >= 0; 0 where the query feature equals a prompt feature.
+    Raises:
+        ValueError: when prompt and query features have different channel counts or batch.
+    """
+    b, _, h, w = query.shape
+    q = query.flatten(2).float()  # (B, C, N)
+    p = _pooled_prompt(query, prompt).float()  # (B, C, M)
+    p_sq = (p * p).sum(dim=1, keepdim=True)  # (B, 1, M)
+    scale = p_sq.sqrt().mean(dim=2).clamp_min(1e-6)  # (B, 1)
+    nearest = []
+    for start in range(0, q.shape[2], chunk):
+        block = q[:, :, start:start + chunk]
+        # |q - p|^2 up to the constant |q|^2, which does not change the nearest prompt position
+        nearest.append((p_sq - 2.0 * torch.einsum("bcn,bcm->bnm", block, p)).argmin(dim=2))
+    index = torch.cat(nearest, dim=1)  # (B, N)
+    matched = torch.gather(p, 2, index.unsqueeze(1).expand(-1, p.shape[1], -1))  # (B, C, N)
+    # the distance itself from the difference (exactly 0 for a query equal to a prompt position)
+    dist = (q - matched).norm(dim=1) / scale
+    return dist.view(b, 1, h, w)
+
+
+PATCHMATCH_DISTANCES: dict[str, Callable[..., torch.Tensor]] = {
+    "cosine": nearest_cosine_distance, "l2": nearest_relative_l2_distance}
 
 
 PATCHMATCH_LEVELS: tuple[int, ...] = (3, 4)
@@ -98,12 +146,12 @@ def neighbourhood_average(features: torch.Tensor, size: int) -> torch.Tensor:
 
 def patchmatch_map(query_features: Sequence[torch.Tensor], prompt_features: Sequence[torch.Tensor],
                    size: tuple[int, int], levels: Sequence[int] = PATCHMATCH_LEVELS,
-                   neighbourhood: int = 1) -> torch.Tensor:
+                   neighbourhood: int = 1, distance: str = "cosine") -> torch.Tensor:
     """Training-free one-shot patch-matching anomaly map (PatchCore's score, Roth et al. 2022).
 
-    Per level (and neighbourhood scale): `nearest_cosine_distance` of every query position to the
-    prompt(s), upsampled bilinearly to ``size``; the map is half the mean over ``levels`` (default
-    f3, f4) and scales.
+    Per level (and neighbourhood scale): the nearest-neighbour distance of every query position
+    to the prompt(s) (`nearest_cosine_distance` or `nearest_relative_l2_distance`), upsampled
+    bilinearly to ``size``; the map is half the mean over ``levels`` (default f3, f4) and scales.
 
     Args:
         query_features: encoder features f0..f5 of the queries, f_l (B, C, h, w).
@@ -114,14 +162,20 @@ def patchmatch_map(query_features: Sequence[torch.Tensor], prompt_features: Sequ
             patch features only; k > 1: the mean of the plain distance and the distance of
             features averaged over k x k neighbourhoods (two scales: fine defects keep the plain
             term, texture noise and small shifts are absorbed by the averaged one).
+        distance: "cosine" (`nearest_cosine_distance`) or "l2" (`nearest_relative_l2_distance`,
+            PatchCore's Euclidean distance relative to the prompt's mean feature norm).
     Returns:
         (B, 1, H, W) float32 in [0, 1]; 0 where the query equals a prompt.
     Raises:
-        ValueError: prompt and query features that do not fit, or a bad ``neighbourhood``.
+        ValueError: prompt and query features that do not fit, a bad ``neighbourhood`` or an
+            unknown ``distance``.
     """
+    if distance not in PATCHMATCH_DISTANCES:
+        raise ValueError(f"unknown patch-matching distance {distance!r}; choose from {tuple(PATCHMATCH_DISTANCES)}")
+    nearest = PATCHMATCH_DISTANCES[distance]
     sizes = (1,) if neighbourhood == 1 else (1, neighbourhood)
-    maps = [F.interpolate(nearest_cosine_distance(neighbourhood_average(query_features[level], k),
-                                                  neighbourhood_average(prompt_features[level], k)),
+    maps = [F.interpolate(nearest(neighbourhood_average(query_features[level], k),
+                                  neighbourhood_average(prompt_features[level], k)),
                           size=tuple(size), mode="bilinear", align_corners=False)
             for level in levels for k in sizes]
     return (0.5 * torch.stack(maps, dim=0).mean(dim=0)).clamp(0.0, 1.0)

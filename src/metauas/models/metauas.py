@@ -12,7 +12,7 @@ from torch import nn
 from metauas.constants import STRIDE
 from metauas.schemas import MAX_INPUT_PADDING, valid_input_padding
 from metauas.models.alignment import ALIGNMENT_TYPES, FUSION_TYPES, Alignment, fuse, fused_channels
-from metauas.models.comparison import COMPARISON_TYPES, Comparison, patchmatch_map
+from metauas.models.comparison import COMPARISON_TYPES, PATCHMATCH_DISTANCES, Comparison, patchmatch_map
 from metauas.models.decoder import DEFAULT_DECODER_CHANNELS, UnetDecoder
 from metauas.models.encoders import ENCODERS, build_encoder, encode_padded
 from metauas.scoring import DEFAULT_TOP_FRACTION, image_scores
@@ -36,6 +36,8 @@ class ModelConfig:
         patchmatch_neighbourhood: odd side k (1..7) of a PatchCore neighbourhood: for k > 1 the
             patch-matching map averages plain and k x k-averaged feature distances
             (`metauas.models.comparison.patchmatch_map`); 1 = plain only.
+        patchmatch_distance: nearest-neighbour distance of the patch matching: "cosine" or
+            "l2" (PatchCore's Euclidean distance, relative to the prompt's mean feature norm).
         input_padding: px of reflect padding added on each side of the encoder input; the features
             are cropped back to the unpadded grid (`metauas.models.encoders.encode_padded`), so
             the zero padding of the encoder's convolutions no longer shows at the image border.
@@ -52,6 +54,7 @@ class ModelConfig:
     temperature: float = 1.0  # anomaly map = sigmoid(logits / temperature) (calibration; 1 = paper)
     patchmatch_weight: float = 0.0  # anomaly map = (1-w) * model + w * patch matching (0 = model only)
     patchmatch_neighbourhood: int = 1  # k > 1: patch matching also on k x k-averaged features (PatchCore)
+    patchmatch_distance: str = "cosine"  # cosine | l2 (relative Euclidean, PatchCore)
     input_padding: int = 0  # reflect padding (px per side) of the encoder input, features cropped back
 
     def validate(self) -> None:
@@ -60,8 +63,8 @@ class ModelConfig:
         Raises:
             ValueError: unknown encoder/alignment/fusion/comparison, num_aligned outside 0..5,
                 image_size not a multiple of 32, patchmatch_weight outside [0, 1],
-                patchmatch_neighbourhood not an odd integer in 1..7, temperature outside [0.05, 100]
-                or input_padding not a multiple of 32 in 0..128.
+                patchmatch_neighbourhood not an odd integer in 1..7, an unknown
+                patchmatch_distance, temperature outside [0.05, 100] or input_padding not a multiple of 32 in 0..128.
         """
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; available: {sorted(ENCODERS)}")
@@ -77,6 +80,9 @@ class ModelConfig:
             raise ValueError(f"patchmatch_weight must be in [0, 1], got {self.patchmatch_weight}")
         if self.patchmatch_neighbourhood not in (1, 3, 5, 7):
             raise ValueError(f"patchmatch_neighbourhood must be 1, 3, 5 or 7, got {self.patchmatch_neighbourhood}")
+        if self.patchmatch_distance not in PATCHMATCH_DISTANCES:
+            raise ValueError(f"unknown patchmatch_distance {self.patchmatch_distance!r}; "
+                             f"choose from {tuple(PATCHMATCH_DISTANCES)}")
         if not 0.05 <= float(self.temperature) <= 100.0:
             raise ValueError(f"temperature must be in [0.05, 100], got {self.temperature}")
         if not valid_input_padding(self.input_padding):
@@ -290,7 +296,8 @@ class MetaUAS(nn.Module):
             return probs
         features = prompt.expand_to(query_features[0].shape[0]).features
         pm = patchmatch_map(query_features, features, tuple(logits.shape[-2:]),
-                            neighbourhood=int(self.config.patchmatch_neighbourhood)).to(probs.dtype)
+                            neighbourhood=int(self.config.patchmatch_neighbourhood),
+                            distance=self.config.patchmatch_distance).to(probs.dtype)
         return (1.0 - w) * probs + w * pm
 
     def forward(self, query: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from metauas.models.metauas import ModelConfig
 
 _MODEL = ModelConfig()  # defaults of the model fields come from ModelConfig (one source)
 MODEL_FIELDS = ("encoder", "alignment", "fusion", "num_aligned", "decoder_channels", "image_size", "comparison",
-                "patchmatch_weight", "patchmatch_neighbourhood", "input_padding")
+                "patchmatch_weight", "patchmatch_neighbourhood", "patchmatch_distance", "input_padding")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TrainConfig:
     # validation (and best.safetensors selection) measures the fused map and the exports carry w
     patchmatch_weight: float = _MODEL.patchmatch_weight
     patchmatch_neighbourhood: int = _MODEL.patchmatch_neighbourhood
+    patchmatch_distance: str = _MODEL.patchmatch_distance  # cosine | l2 (relative Euclidean, PatchCore)
     input_padding: int = _MODEL.input_padding  # reflect padding of the encoder input (px per side)
     comparison_lr_scale: float = 10.0  # lr multiplier of the (zero-initialised) comparison module
     init_from: str = ""  # safetensors/ckpt to start from (e.g. a lower-resolution stage)
