@@ -42,7 +42,7 @@ from metauas.prompts import random_prompts
 from metauas.scoring import image_scores
 
 DEFAULT_RULES = ("P1", "P2", "E2", "sig(L)", "0.2*sig(L)+0.8*P1", "0.2*sig(L)+0.8*P2",
-                 "0.2*sig(L)+0.8*E2", "0.5*sig(L)+0.5*E2", "0.2*sig(L/4)+0.8*E2")
+                 "0.2*sig(L)+0.8*E2", "0.33*sig(L)+0.67*E2", "0.5*sig(L)+0.5*E2")
 # dumped patch-matching maps: key -> (neighbourhood, distance)
 PATCHMATCH_TERMS = {"P1": (1, "cosine"), "P2": (3, "cosine"), "E2": (3, "l2")}
 ARRAYS = ("L", *PATCHMATCH_TERMS)

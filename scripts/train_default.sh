@@ -60,15 +60,16 @@ run --run-dir runs/default/stage6 --init-from runs/default/stage5/last.safetenso
 #
 # Bundling (the shipped model): stage 6's checkpoint at step 579, written to
 # src/metauas/weights/ with its model card by scripts/bundle_model.py; the map options of the
-# default pipeline were set with its --patchmatch-weight 0.8, --patchmatch-neighbourhood 3 and
-# --input-padding 32, each when that option was chosen (the weights never changed), e.g.
-#   python scripts/bundle_model.py src/metauas/weights/metauas-lite0-256.safetensors --input-padding 32
+# default pipeline were set with its --patchmatch-weight 0.8, --patchmatch-neighbourhood 3,
+# --input-padding 32 and --patchmatch-distance l2, each when that option was chosen (the weights
+# never changed), e.g.
+#   python scripts/bundle_model.py src/metauas/weights/metauas-lite0-256.safetensors --patchmatch-distance l2
 # Not part of the bundled model: stage 9 trained on padded inputs from stage 6's last weights
 # (measured worse once fused, README):
 #   metauas train --config configs/metauas-lite0-256-compare.yaml --input-padding 32 \
 #       --cache-features false --run-dir runs/default/stage9 \
 #       --init-from runs/default/stage6/last.safetensors --steps 300 --lr 0.00005 --warmup-steps 10
-# Stage 10 (running at the end of the session that added it; not bundled, not yet measured):
+# Stage 10 (not bundled; measured at steps 160 and 300, README): 
 # surface-finish changes + padded input, from the bundled stage-6 step-579 weights:
 #   metauas train --config configs/metauas-lite0-256-finish.yaml --cache-features false \
 #       --run-dir runs/default/stage10 --init-from <stage-6 step-579 weights> --steps 600 \

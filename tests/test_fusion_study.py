@@ -24,7 +24,17 @@ def dumped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return root, fusion_study.dump("metauas-lite0-256", str(root), [1, 3], cache, dtype=np.float32)
 
 
-@pytest.mark.parametrize("rule,method", [("0.2*sig(L)+0.8*E2", "metauas"), ("P1", "patchmatch"),
+def _default_rule() -> str:
+    """The bundled default's map rule as a fusion_study expression (its weight and E2/P2 term)."""
+    from metauas.models import load_model
+
+    cfg = load_model("metauas-lite0-256").config
+    term = {"l2": "E2", "cosine": "P2"}[cfg.patchmatch_distance]
+    assert cfg.patchmatch_neighbourhood == 3
+    return f"{1 - cfg.patchmatch_weight!r}*sig(L)+{cfg.patchmatch_weight!r}*{term}"
+
+
+@pytest.mark.parametrize("rule,method", [(_default_rule(), "metauas"), ("P1", "patchmatch"),
                                          ("sig(L)", "network")])
 def test_rules_reproduce_eval(dumped: tuple[Path, list[Path]], tmp_path: Path, rule: str,
                               method: str) -> None:

@@ -104,8 +104,9 @@ def nearest_relative_l2_distance(query: torch.Tensor, prompt: torch.Tensor, chun
     nearest = []
     for start in range(0, q.shape[2], chunk):
         block = q[:, :, start:start + chunk]
-        # |q - p|^2 up to the constant |q|^2, which does not change the nearest prompt position
-        nearest.append((p_sq - 2.0 * torch.einsum("bcn,bcm->bnm", block, p)).argmin(dim=2))
+        # |q - p|^2 up to the constant |q|^2, which does not change the nearest prompt position:
+        # |p|^2 - 2 <q, p> in one fused op, (B, n, M)
+        nearest.append(torch.baddbmm(p_sq, block.transpose(1, 2), p, alpha=-2.0).argmin(dim=2))
     index = torch.cat(nearest, dim=1)  # (B, N)
     matched = torch.gather(p, 2, index.unsqueeze(1).expand(-1, p.shape[1], -1))  # (B, C, N)
     # the distance itself from the difference (exactly 0 for a query equal to a prompt position)
