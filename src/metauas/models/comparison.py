@@ -79,7 +79,7 @@ def nearest_cosine_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: in
 
 def nearest_relative_l2_distance(query: torch.Tensor, prompt: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Euclidean distance of each query position to its nearest prompt position (PatchCore's
-    score, Roth et al., CVPR 2022, Eq. 6), divided by the mean feature norm of the prompt(s).
+    anomaly score, Roth et al., CVPR 2022), divided by the mean feature norm of the prompt(s).
 
     ``d(i) = min_j |q_i - p_j| / mean_j |p_j|``. Unlike the cosine distance it keeps the
     feature magnitude, which changes with local contrast and surface finish; the division makes
