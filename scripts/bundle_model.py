@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from metauas.models import load_checkpoint, save_safetensors
+from metauas.models.comparison import PATCHMATCH_DISTANCES
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "metauas" / "weights"
 
@@ -47,7 +48,7 @@ def main() -> int:
                     help="fusion weight stored in the model config: map = (1-w) model + w patch matching")
     ap.add_argument("--patchmatch-neighbourhood", type=int, default=None,
                     help="odd k: patch matching averages plain and k x k-neighbourhood distances (1 = plain), stored in the config")
-    ap.add_argument("--patchmatch-distance", choices=("cosine", "l2"), default=None,
+    ap.add_argument("--patchmatch-distance", choices=tuple(PATCHMATCH_DISTANCES), default=None,
                     help="nearest-neighbour distance of the patch matching (l2: PatchCore's, relative), stored in the config")
     ap.add_argument("--input-padding", type=int, default=None,
                     help="px of reflect padding per side of the encoder input (multiple of 32), stored in the config")

@@ -69,7 +69,7 @@ run --run-dir runs/default/stage6 --init-from runs/default/stage5/last.safetenso
 #   metauas train --config configs/metauas-lite0-256-compare.yaml --input-padding 32 \
 #       --cache-features false --run-dir runs/default/stage9 \
 #       --init-from runs/default/stage6/last.safetensors --steps 300 --lr 0.00005 --warmup-steps 10
-# Stage 10 (not bundled; measured at steps 160 and 300, README): 
+# Stage 10 (not bundled; measured at steps 160 and 300, README; stopped at step 420):
 # surface-finish changes + padded input, from the bundled stage-6 step-579 weights:
 #   metauas train --config configs/metauas-lite0-256-finish.yaml --cache-features false \
 #       --run-dir runs/default/stage10 --init-from <stage-6 step-579 weights> --steps 600 \

@@ -64,7 +64,8 @@ class ModelConfig:
             ValueError: unknown encoder/alignment/fusion/comparison, num_aligned outside 0..5,
                 image_size not a multiple of 32, patchmatch_weight outside [0, 1],
                 patchmatch_neighbourhood not an odd integer in 1..7, an unknown
-                patchmatch_distance, temperature outside [0.05, 100] or input_padding not a multiple of 32 in 0..128.
+                patchmatch_distance, temperature outside [0.05, 100] or input_padding not a
+                multiple of 32 in 0..128.
         """
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; available: {sorted(ENCODERS)}")
